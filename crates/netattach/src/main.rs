@@ -1,0 +1,179 @@
+//! The netattach multi-call binary: argument parsing and dispatch only.
+//!
+//! Invoked as `macvlan` or `whereabouts` (the names `netattach install` links it under) it is
+//! that CNI plugin. Invoked as `netattach` with `CNI_COMMAND` set it is the meta-plugin;
+//! otherwise it is the command-line tool.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use netattach_cni::error::CniError;
+use netattach_ipam::config::DEFAULT_LOCAL_DIR;
+use netattach_ipam::local::FileStore;
+use netattach_ipam::store::Store;
+
+/// netattach: secondary pod networks (macvlan + cluster-wide IPAM) for Kubernetes, with a lab
+/// that proves the network works before anything depends on it.
+#[derive(Parser, Debug)]
+#[command(name = "netattach", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Build a whole cluster in network namespaces (a LAN switch, nodes with a storage NIC,
+    /// pods), attach every pod with the real plugins, validate addresses and full-MTU
+    /// reachability, detach, and prove nothing leaked. Needs root. Prints PASS or FAIL last.
+    Lab(LabArgs),
+    /// Install this binary into a CNI bin dir as netattach, macvlan and whereabouts,
+    /// atomically (temp file + rename: running plugins never see a half-written file).
+    Install {
+        /// The CNI bin dir, e.g. /opt/cni/bin or K3s's /var/lib/rancher/k3s/data/cni.
+        #[arg(long)]
+        bin_dir: PathBuf,
+        /// Print the steps without doing them.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Inspect IPAM allocations.
+    Ipam {
+        #[command(subcommand)]
+        command: IpamCmd,
+    },
+}
+
+#[derive(Args, Debug)]
+struct LabArgs {
+    #[command(subcommand)]
+    action: Option<LabAction>,
+    /// Number of node namespaces.
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    /// Pod namespaces per node.
+    #[arg(long, default_value_t = 2)]
+    pods_per_node: usize,
+    /// The storage network range handed to whereabouts IPAM.
+    #[arg(long, default_value = "192.168.4.0/24")]
+    range: String,
+    /// macvlan mode: bridge, private, vepa or passthru.
+    #[arg(long, default_value = "bridge")]
+    mode: String,
+    /// MTU of the storage LAN (switch, node NICs and pod interfaces).
+    #[arg(long, default_value_t = 1500)]
+    mtu: u32,
+    /// Leave the lab running after validation (tear it down later with `netattach lab down`).
+    #[arg(long)]
+    keep: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum LabAction {
+    /// Remove a lab left running with --keep (or by a crash).
+    Down,
+}
+
+#[derive(Subcommand, Debug)]
+enum IpamCmd {
+    /// List allocations: address, pool, owner, interface, age.
+    Ls {
+        /// The local store directory (`local_dir` in the IPAM config).
+        #[arg(long, default_value = DEFAULT_LOCAL_DIR)]
+        local_dir: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn invoked_as() -> String {
+    std::env::args_os()
+        .next()
+        .map(PathBuf::from)
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_default()
+}
+
+fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("NETATTACH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // Plugins own stdout for the protocol: logs always go to stderr.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn main() -> ExitCode {
+    let name = invoked_as();
+    if let Some(plugin) = netattach_plugins::plugin_for(&name) {
+        init_logging("warn");
+        return exit(netattach_cni::skel::run(plugin.as_ref()));
+    }
+    if std::env::var_os("CNI_COMMAND").is_some_and(|c| !c.is_empty()) {
+        init_logging("warn");
+        let err = CniError::invalid_config(
+            "type `netattach` (the meta-plugin) is not available in this build yet; fix: use the `macvlan` and \
+             `whereabouts` plugins directly",
+        );
+        println!("{}", err.to_json(None));
+        return ExitCode::FAILURE;
+    }
+    init_logging("info");
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("netattach: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn exit(code: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    match cli.command {
+        Cmd::Install { bin_dir, dry_run } => {
+            let me = std::env::current_exe()?;
+            for step in netattach_plugins::install::install(&me, &bin_dir, dry_run)? {
+                println!("{}{step}", if dry_run { "would " } else { "" });
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Ipam {
+            command: IpamCmd::Ls { local_dir, json },
+        } => {
+            let allocations = FileStore::new(&local_dir)?.allocations()?;
+            print!("{}", netattach_plugins::ipam_report::render(&allocations, json));
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Lab(args) => match args.action {
+            Some(LabAction::Down) => {
+                netattach_lab::down()?;
+                Ok(ExitCode::SUCCESS)
+            }
+            None => {
+                let config = netattach_lab::LabConfig {
+                    nodes: args.nodes,
+                    pods_per_node: args.pods_per_node,
+                    range: args.range,
+                    mode: args.mode,
+                    mtu: args.mtu,
+                    keep: args.keep,
+                    binary: std::env::current_exe()?,
+                };
+                let passed = netattach_lab::run(&config)?;
+                Ok(if passed {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                })
+            }
+        },
+    }
+}

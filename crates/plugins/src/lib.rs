@@ -1,0 +1,26 @@
+//! The CNI faces of netattach and the operator commands that sit directly on them.
+//!
+//! * [`macvlan`]: the `macvlan` plugin, config-compatible with the reference plugin.
+//! * [`whereabouts`]: the `whereabouts` IPAM plugin, config-compatible with whereabouts.
+//! * [`errors`]: the one place where library errors become CNI error codes.
+//! * [`install`]: installing the multi-call binary into a CNI bin dir, atomically.
+//! * [`ipam_report`]: `netattach ipam ls`.
+//!
+//! [`plugin_for`] picks the face by the name the binary was invoked as.
+
+pub mod errors;
+pub mod install;
+pub mod ipam_report;
+pub mod macvlan;
+pub mod whereabouts;
+
+use netattach_cni::skel::Plugin;
+
+/// The plugin a binary invoked as `name` speaks, if it is one of ours.
+pub fn plugin_for(name: &str) -> Option<Box<dyn Plugin>> {
+    match name {
+        "macvlan" => Some(Box::new(macvlan::Macvlan)),
+        "whereabouts" => Some(Box::new(whereabouts::Whereabouts::default())),
+        _ => None,
+    }
+}
