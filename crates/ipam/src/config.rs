@@ -4,9 +4,9 @@
 //!
 //! Differences from whereabouts, all on purpose:
 //! * Unknown keys are errors naming the nearest known key (whereabouts ignores them, so
-//!   `rangeStart` silently does nothing, #601). Note that Go's `encoding/json` matches keys
-//!   case-insensitively, so whereabouts accepts `Range_Start` or `ipranges`; we refuse them with
-//!   a suggestion of the exact spelling.
+//!   `rangeStart` silently does nothing, #601). Go's `encoding/json` matches keys
+//!   case-insensitively, so whereabouts accepts `Range_Start` or `ipranges`; so do we (such a
+//!   key is read as its canonical spelling, see [`canonicalize_keys`]), to stay drop-in.
 //! * Top-level `exclude`, `range_start`, `range_end` without a top-level `range` are errors
 //!   (whereabouts drops them).
 //! * `configuration_path` may name a directory; `<dir>/whereabouts.conf` is then used (the
@@ -277,6 +277,7 @@ impl IpamConfig {
             }
             Some(v) => return Err(wrong_type("ipam.type", v, "a string")),
         }
+        canonicalize_keys(&mut ipam, "ipam")?;
         check_keys(&ipam, "ipam", IPAM_KEYS)?;
 
         // Flat file: inline configuration_path first, then the search list.
@@ -338,7 +339,7 @@ fn read_flat_file(path: &Path) -> Result<Map<String, Value>, ConfigError> {
             r#"write a JSON object like {"datastore": "kubernetes", "kubernetes": {"kubeconfig": "..."}}"#,
         )
     })?;
-    let Value::Object(map) = v else {
+    let Value::Object(mut map) = v else {
         return Err(ConfigError::invalid(
             label,
             Some(type_name(&v).into()),
@@ -346,6 +347,7 @@ fn read_flat_file(path: &Path) -> Result<Map<String, Value>, ConfigError> {
             r#"write a JSON object like {"datastore": "kubernetes"}"#,
         ));
     };
+    canonicalize_keys(&mut map, &label)?;
     check_keys(&map, &label, IPAM_KEYS)?;
     Ok(map)
 }
@@ -449,6 +451,51 @@ pub fn suggest<'a>(key: &str, known: &[&'a str]) -> Option<&'a str> {
         .filter(|(d, _)| *d <= limit)
         .min_by_key(|(d, _)| *d)
         .map(|(_, k)| k)
+}
+
+/// Renames keys that equal a known key up to ASCII case to the known spelling, in the `ipam`
+/// object and its nested objects, as Go's case-insensitive `encoding/json` matching reads them
+/// (`Range_Start` is `range_start`). Two spellings of one key in one object are an error.
+pub fn canonicalize_keys(ipam: &mut Map<String, Value>, path: &str) -> Result<(), ConfigError> {
+    rename_to_known(ipam, path, IPAM_KEYS)?;
+    for (key, known) in [("ipRanges", RANGE_KEYS), ("routes", ROUTE_KEYS), ("addresses", ADDRESS_KEYS)] {
+        if let Some(Value::Array(items)) = ipam.get_mut(key) {
+            for (i, item) in items.iter_mut().enumerate() {
+                if let Value::Object(m) = item {
+                    rename_to_known(m, &format!("{path}.{key}[{i}]"), known)?;
+                }
+            }
+        }
+    }
+    for (key, known) in [("dns", DNS_KEYS), ("kubernetes", KUBERNETES_KEYS)] {
+        if let Some(Value::Object(m)) = ipam.get_mut(key) {
+            rename_to_known(m, &format!("{path}.{key}"), known)?;
+        }
+    }
+    Ok(())
+}
+
+fn rename_to_known(map: &mut Map<String, Value>, path: &str, known: &[&str]) -> Result<(), ConfigError> {
+    let renames: Vec<(String, &str)> = map
+        .keys()
+        .filter(|k| !known.contains(&k.as_str()))
+        .filter_map(|k| known.iter().find(|want| want.eq_ignore_ascii_case(k)).map(|want| (k.clone(), *want)))
+        .collect();
+    for (from, to) in renames {
+        if map.contains_key(to) {
+            return Err(ConfigError::invalid(
+                path,
+                None,
+                format!("has both `{from}` and `{to}`, which name the same key"),
+                format!("keep only `{to}`"),
+            ));
+        }
+        if let Some(v) = map.remove(&from) {
+            tracing::warn!(key = %from, canonical = to, "reading a key written in another letter case");
+            map.insert(to.to_string(), v);
+        }
+    }
+    Ok(())
 }
 
 fn check_keys(map: &Map<String, Value>, path: &str, known: &[&str]) -> Result<(), ConfigError> {

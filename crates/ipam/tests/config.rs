@@ -173,7 +173,6 @@ fn unknown_keys_with_suggestions() {
         "rangeEnd",
         "range_end",
     );
-    unknown(base("ipranges", json!([])), "ipam", "ipranges", "ipRanges");
     unknown(
         base("networkName", json!("x")),
         "ipam",
@@ -189,9 +188,9 @@ fn unknown_keys_with_suggestions() {
         "range_start",
     );
     unknown(
-        json!({"type": "whereabouts", "range": "10.0.0.0/24", "kubernetes": {"kubeConfig": "/x"}}),
+        json!({"type": "whereabouts", "range": "10.0.0.0/24", "kubernetes": {"kube_config": "/x"}}),
         "ipam.kubernetes",
-        "kubeConfig",
+        "kube_config",
         "kubeconfig",
     );
     unknown(
@@ -380,4 +379,24 @@ fn flat_file_errors() {
     std::fs::create_dir(&d).unwrap();
     let e = IpamConfig::from_netconf_with(&nc, &FlatFileSearch { paths: vec![d] }).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Io);
+}
+
+/// Go's encoding/json matches keys case-insensitively, so whereabouts reads `Range_Start` as
+/// `range_start`; a NAD relying on that must keep working.
+#[test]
+fn keys_in_another_letter_case_are_read_like_go_does() {
+    let netconf = json!({"name": "n", "ipam": {
+        "type": "whereabouts", "Range": "192.168.4.0/24", "Range_Start": "192.168.4.10",
+        "kubernetes": {"KubeConfig": "/etc/k"},
+        "ipranges": [{"RANGE": "fd00::/64"}]
+    }});
+    let cfg = IpamConfig::from_netconf_with(&netconf, &FlatFileSearch::none()).expect("case-folded keys");
+    assert_eq!(cfg.ranges.len(), 2);
+    assert_eq!(cfg.ranges[0].start.to_string(), "192.168.4.10");
+    assert_eq!(cfg.ranges[1].cidr.to_string(), "fd00::/64");
+    assert_eq!(cfg.kubeconfig.as_deref(), Some(std::path::Path::new("/etc/k")));
+
+    let both = json!({"name": "n", "ipam": {"type": "whereabouts", "range": "10.0.0.0/24", "Range": "10.0.1.0/24"}});
+    let e = IpamConfig::from_netconf_with(&both, &FlatFileSearch::none()).expect_err("two spellings").to_string();
+    assert!(e.contains("`Range`") && e.contains("`range`"), "{e}");
 }

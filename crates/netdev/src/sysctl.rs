@@ -33,16 +33,24 @@ fn key_path(key: &str) -> Result<PathBuf> {
 
 /// Write `value` to `/proc/sys/<key>` as seen from `ns`.
 pub fn set(ns: &Netns, key: &str, value: &str) -> Result<()> {
-    let path = key_path(key)?;
-    let shown = format!("{} in {}", path.display(), ns.path().display());
-    debug!(key, value, netns = %ns.path().display(), "sysctl set");
+    set_many(ns, &[(key, value)])
+}
+
+/// Write several keys in one visit to `ns` (one thread and one `setns`), in order; stops at the
+/// first failure.
+pub fn set_many(ns: &Netns, pairs: &[(&str, &str)]) -> Result<()> {
+    let paths = pairs.iter().map(|(k, v)| Ok((key_path(k)?, *v))).collect::<Result<Vec<_>>>()?;
+    debug!(?pairs, netns = %ns.path().display(), "sysctl set");
     ns.run(|| -> Result<()> {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .map_err(|e| NetdevError::from_io("open sysctl", shown.clone(), e))?;
-        f.write_all(value.as_bytes())
-            .map_err(|e| NetdevError::from_io("write sysctl", shown.clone(), e))
+        for (path, value) in &paths {
+            let shown = format!("{} in {}", path.display(), ns.path().display());
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map_err(|e| NetdevError::from_io("open sysctl", shown.clone(), e))?;
+            f.write_all(value.as_bytes()).map_err(|e| NetdevError::from_io("write sysctl", shown, e))?;
+        }
+        Ok(())
     })?
 }
 

@@ -547,9 +547,8 @@ fn configure_addresses(
         sysctls.push((format!("net/ipv6/conf/{ifname}/keep_addr_on_down"), "1"));
         sysctls.push((format!("net/ipv6/conf/{ifname}/ndisc_notify"), "1"));
     }
-    for (key, value) in &sysctls {
-        sysctl::set(target, key, value).map_err(|e| from_netdev(&format!("set sysctl {key}"), &e))?;
-    }
+    let pairs: Vec<(&str, &str)> = sysctls.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    sysctl::set_many(target, &pairs).map_err(|e| from_netdev("set announcement sysctls", &e))?;
     for ip in &ipam.ips {
         ctr.add_address(link.index, ip.address)
             .map_err(|e| from_netdev(&format!("add address {} to {ifname}", ip.address), &e))?;

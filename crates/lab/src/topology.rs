@@ -1,0 +1,230 @@
+//! The lab's cluster in network namespaces: a LAN switch (a Linux bridge in `nalab-sw`), nodes
+//! (`nalab-nN`, each with a storage NIC `storage0` whose veth peer is a port of the switch) and
+//! empty pod namespaces (`nalab-nN-pM`) for the plugins to attach.
+//!
+//! Nothing is created outside these namespaces: every netlink socket is opened inside the
+//! namespace it changes, and veth pairs are created from the switch namespace with their peer
+//! placed directly in the node namespace. [`Topology`] owns the namespaces; dropping it (on an
+//! error or a panic) deletes them, [`Topology::teardown`] does so with error reporting and
+//! [`Topology::keep`] leaves them for `--keep`.
+
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+
+use netattach_netdev::{Handle, MacvlanMode, NamedNetns, Netns};
+use tracing::debug;
+
+use crate::config::{BRIDGE, NODE_NIC, NodePlan, Plan, PodPlan, SWITCH_NS};
+use crate::error::LabError;
+use crate::hairpin;
+
+/// A namespace the lab made: its `/run/netns` entry (deleted on drop) and an open handle.
+#[derive(Debug)]
+pub struct LabNs {
+    named: NamedNetns,
+    netns: Netns,
+}
+
+impl LabNs {
+    fn create(name: &str) -> Result<LabNs, LabError> {
+        let named = NamedNetns::create(name).map_err(LabError::netdev(format!("creating namespace {name}")))?;
+        let netns = named.netns().map_err(LabError::netdev(format!("opening namespace {name}")))?;
+        Ok(LabNs { named, netns })
+    }
+
+    /// The open namespace.
+    pub fn netns(&self) -> &Netns {
+        &self.netns
+    }
+
+    /// `nalab-...`.
+    pub fn name(&self) -> &str {
+        self.named.name()
+    }
+
+    /// A netlink handle bound to this namespace.
+    pub fn handle(&self) -> Result<Handle, LabError> {
+        Handle::in_netns(&self.netns).map_err(LabError::netdev(format!("netlink socket in {}", self.name())))
+    }
+
+    fn delete(self) -> Result<(), String> {
+        let name = self.named.name().to_string();
+        drop(self.netns);
+        self.named.delete().map_err(|e| format!("deleting namespace {name}: {e}"))
+    }
+
+    fn keep(self) {
+        drop(self.netns);
+        self.named.keep();
+    }
+}
+
+/// A node: its namespace holds the storage NIC, the macvlan master.
+#[derive(Debug)]
+pub struct Node {
+    /// The plan entry.
+    pub plan: NodePlan,
+    /// The node namespace.
+    pub ns: LabNs,
+}
+
+/// A pod sandbox: an empty namespace plus the ids a runtime would give it.
+#[derive(Debug)]
+pub struct Pod {
+    /// The plan entry.
+    pub plan: PodPlan,
+    /// The pod namespace.
+    pub ns: LabNs,
+    /// `CNI_CONTAINERID` (64 hex digits, like a containerd sandbox id).
+    pub container_id: String,
+    /// `K8S_POD_UID` (UUID-shaped).
+    pub uid: String,
+}
+
+/// The whole lab network.
+#[derive(Debug, Default)]
+pub struct Topology {
+    /// Pods, node by node (same order as [`Plan::pods`]).
+    pub pods: Vec<Pod>,
+    /// Nodes.
+    pub nodes: Vec<Node>,
+    /// The switch namespace.
+    pub switch: Option<LabNs>,
+    /// Whether the switch ports are in hairpin mode (vepa).
+    pub hairpin: bool,
+}
+
+fn random_u64() -> u64 {
+    // RandomState is seeded from the OS once per thread and then stepped per instance.
+    let mut h = RandomState::new().build_hasher();
+    h.write_u64(u64::from(std::process::id()));
+    h.finish()
+}
+
+fn container_id() -> String {
+    (0..4).map(|_| format!("{:016x}", random_u64())).collect()
+}
+
+fn pod_uid() -> String {
+    let (a, b) = (random_u64(), random_u64());
+    // Version 4 / variant 1 bits, so it is a well-formed random UUID.
+    format!(
+        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+        a >> 32,
+        (a >> 16) & 0xffff,
+        a & 0x0fff,
+        0x8000 | ((b >> 48) & 0x3fff),
+        b & 0xffff_ffff_ffff
+    )
+}
+
+impl Topology {
+    /// Build the switch and the nodes (step 1). On error whatever was made is deleted when
+    /// `self` is dropped by the caller.
+    pub fn build_lan(&mut self, plan: &Plan) -> Result<(), LabError> {
+        let switch = LabNs::create(SWITCH_NS)?;
+        let mut sw = switch.handle()?;
+        self.switch = Some(switch);
+        sw.create_bridge(BRIDGE).map_err(LabError::netdev(format!("creating bridge {BRIDGE} in {SWITCH_NS}")))?;
+        let br = sw.link_index(BRIDGE).map_err(LabError::netdev(format!("finding bridge {BRIDGE}")))?;
+        sw.set_mtu(br, plan.mtu).map_err(LabError::netdev(format!("setting MTU {} on {BRIDGE}", plan.mtu)))?;
+        sw.set_up(br).map_err(LabError::netdev(format!("bringing {BRIDGE} up")))?;
+
+        for node in &plan.nodes {
+            let ns = LabNs::create(&node.netns)?;
+            let port = &node.switch_port;
+            let ctx = |what: &str| format!("{what} for node {}", node.netns);
+            sw.create_veth(port, NODE_NIC, Some(ns.netns()))
+                .map_err(LabError::netdev(ctx(&format!("creating veth {port} <-> {NODE_NIC}"))))?;
+            // Record the node before configuring it, so a failure below still deletes it.
+            self.nodes.push(Node { plan: node.clone(), ns });
+            let port_index = sw.link_index(port).map_err(LabError::netdev(ctx("finding the switch port")))?;
+            sw.set_mtu(port_index, plan.mtu).map_err(LabError::netdev(ctx("setting the switch port MTU")))?;
+            sw.set_master(port_index, br).map_err(LabError::netdev(ctx("attaching the port to the switch")))?;
+            if plan.mode == MacvlanMode::Vepa
+                && let Some(switch) = &self.switch
+            {
+                hairpin::set_hairpin(switch.netns(), port_index, port)?;
+                self.hairpin = true;
+            }
+            sw.set_up(port_index).map_err(LabError::netdev(ctx("bringing the switch port up")))?;
+
+            let Some(node_ns) = self.nodes.last().map(|n| &n.ns) else { continue };
+            let mut nh = node_ns.handle()?;
+            let nic = nh.link_index(NODE_NIC).map_err(LabError::netdev(ctx("finding the storage NIC")))?;
+            nh.set_mtu(nic, plan.mtu).map_err(LabError::netdev(ctx("setting the storage NIC MTU")))?;
+            nh.set_up(nic).map_err(LabError::netdev(ctx("bringing the storage NIC up")))?;
+            debug!(node = %node.netns, port, "node wired to the switch");
+        }
+        Ok(())
+    }
+
+    /// Create the empty pod namespaces (part of step 1).
+    pub fn build_pods(&mut self, plan: &Plan) -> Result<(), LabError> {
+        for pod in &plan.pods {
+            crate::cleanup::check_interrupt()?;
+            let ns = LabNs::create(&pod.netns)?;
+            self.pods.push(Pod { plan: pod.clone(), ns, container_id: container_id(), uid: pod_uid() });
+        }
+        Ok(())
+    }
+
+    /// The node a pod lives on.
+    pub fn node_of(&self, pod: &Pod) -> Option<&Node> {
+        self.nodes.get(pod.plan.node)
+    }
+
+    /// Names of every namespace made so far.
+    pub fn namespace_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.switch.iter().map(|s| s.name().to_string()).collect();
+        names.extend(self.nodes.iter().map(|n| n.ns.name().to_string()));
+        names.extend(self.pods.iter().map(|p| p.ns.name().to_string()));
+        names
+    }
+
+    /// Delete everything: pods in reverse order, then nodes, then the switch. Returns the
+    /// failures (empty when all went).
+    pub fn teardown(mut self) -> Vec<String> {
+        let mut failures = Vec::new();
+        while let Some(pod) = self.pods.pop() {
+            failures.extend(pod.ns.delete().err());
+        }
+        while let Some(node) = self.nodes.pop() {
+            failures.extend(node.ns.delete().err());
+        }
+        if let Some(sw) = self.switch.take() {
+            failures.extend(sw.delete().err());
+        }
+        failures
+    }
+
+    /// Leave every namespace in place (`--keep`).
+    pub fn keep(mut self) {
+        for pod in self.pods.drain(..) {
+            pod.ns.keep();
+        }
+        for node in self.nodes.drain(..) {
+            node.ns.keep();
+        }
+        if let Some(sw) = self.switch.take() {
+            sw.keep();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_look_like_a_runtimes() {
+        let id = container_id();
+        assert_eq!(id.len(), 64);
+        assert!(id.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_ne!(id, container_id());
+        let uid = pod_uid();
+        let parts: Vec<&str> = uid.split('-').collect();
+        assert_eq!(parts.iter().map(|p| p.len()).collect::<Vec<_>>(), [8, 4, 4, 4, 12], "{uid}");
+        assert!(parts[2].starts_with('4'), "{uid}");
+    }
+}
