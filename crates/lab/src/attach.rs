@@ -38,7 +38,10 @@ pub struct Attachment {
 impl Attachment {
     /// The first address of the result.
     pub fn address(&self) -> Option<IpNet> {
-        self.outcome.as_ref().ok().and_then(|r| r.ips.first().map(|ip| ip.address))
+        self.outcome
+            .as_ref()
+            .ok()
+            .and_then(|r| r.ips.first().map(|ip| ip.address))
     }
 }
 
@@ -84,7 +87,11 @@ impl Runtime {
             path: bin_dir.clone(),
             source: std::io::Error::new(std::io::ErrorKind::NotFound, e.to_string()),
         })?;
-        Ok(Runtime { bin_dir, ipam_dir, plugin })
+        Ok(Runtime {
+            bin_dir,
+            ipam_dir,
+            plugin,
+        })
     }
 
     /// The IPAM store directory (`local_dir`).
@@ -124,13 +131,19 @@ impl Runtime {
         node.ns
             .netns()
             .run(|| exec_plugin(&self.plugin, &env, &stdin, PLUGIN_TIMEOUT))
-            .map_err(LabError::netdev(format!("running the plugin in node namespace {}", node.plan.netns)))
+            .map_err(LabError::netdev(format!(
+                "running the plugin in node namespace {}",
+                node.plan.netns
+            )))
     }
 
     /// CNI ADD for pod `index`.
     pub fn add(&self, plan: &Plan, topo: &Topology, index: usize) -> Result<Attachment, LabError> {
         let Some(pod) = topo.pods.get(index) else {
-            return Err(LabError::State { path: PathBuf::from("pods"), problem: format!("no pod #{index}") });
+            return Err(LabError::State {
+                path: PathBuf::from("pods"),
+                problem: format!("no pod #{index}"),
+            });
         };
         let started = Instant::now();
         let conf = network_config(plan, &self.ipam_dir);
@@ -144,14 +157,26 @@ impl Runtime {
                     Ok(r)
                 }
             });
-        Ok(Attachment { pod: index, outcome, took: started.elapsed() })
+        Ok(Attachment {
+            pod: index,
+            outcome,
+            took: started.elapsed(),
+        })
     }
 
     /// CNI DEL for the pod of `attachment`, with the ADD result as `prevResult` (as libcni
     /// sends it from its cache).
-    pub fn del(&self, plan: &Plan, topo: &Topology, attachment: &Attachment) -> Result<Result<(), CniError>, LabError> {
+    pub fn del(
+        &self,
+        plan: &Plan,
+        topo: &Topology,
+        attachment: &Attachment,
+    ) -> Result<Result<(), CniError>, LabError> {
         let Some(pod) = topo.pods.get(attachment.pod) else {
-            return Err(LabError::State { path: PathBuf::from("pods"), problem: format!("no pod #{}", attachment.pod) });
+            return Err(LabError::State {
+                path: PathBuf::from("pods"),
+                problem: format!("no pod #{}", attachment.pod),
+            });
         };
         let mut conf = network_config(plan, &self.ipam_dir);
         if let (Ok(prev), Value::Object(map)) = (&attachment.outcome, &mut conf)
@@ -170,7 +195,12 @@ mod tests {
 
     #[test]
     fn the_network_config_is_what_a_nad_would_carry() {
-        let cfg = LabConfig { binary: "/proc/self/exe".into(), mode: "vepa".into(), mtu: 9000, ..LabConfig::default() };
+        let cfg = LabConfig {
+            binary: "/proc/self/exe".into(),
+            mode: "vepa".into(),
+            mtu: 9000,
+            ..LabConfig::default()
+        };
         let plan = Plan::from_config(&cfg).expect("plan");
         let v = network_config(&plan, Path::new("/run/netattach-lab/ipam"));
         assert_eq!(v["cniVersion"], "1.1.0");

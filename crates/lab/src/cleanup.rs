@@ -106,7 +106,14 @@ impl LabDir {
     pub fn create() -> Result<LabDir, LabError> {
         let found = lab_namespaces()?;
         if !found.is_empty() {
-            return Err(LabError::AlreadyPresent { what: format!("namespaces {}", found.join(", ")) });
+            let shown = if found.len() > 4 {
+                format!("{} and {} more", found[..4].join(", "), found.len() - 4)
+            } else {
+                found.join(", ")
+            };
+            return Err(LabError::AlreadyPresent {
+                what: format!("namespaces {shown}"),
+            });
         }
         let root = PathBuf::from(LAB_DIR);
         fs::create_dir_all(&root).map_err(LabError::io("creating the lab directory", &root))?;
@@ -119,13 +126,21 @@ impl LabDir {
             .open(&lock_path)
             .map_err(LabError::io("opening the lab lock", &lock_path))?;
         if lock.try_lock().is_err() {
-            return Err(LabError::AlreadyPresent { what: format!("another lab run holds {}", lock_path.display()) });
+            return Err(LabError::AlreadyPresent {
+                what: format!("another lab run holds {}", lock_path.display()),
+            });
         }
         let state = root.join("state.json");
         if state.exists() {
-            return Err(LabError::AlreadyPresent { what: format!("state file {}", state.display()) });
+            return Err(LabError::AlreadyPresent {
+                what: format!("state file {}", state.display()),
+            });
         }
-        Ok(LabDir { root, _lock: lock, armed: true })
+        Ok(LabDir {
+            root,
+            _lock: lock,
+            armed: true,
+        })
     }
 
     /// `/run/netattach-lab`.
@@ -147,10 +162,13 @@ impl LabDir {
     pub fn write_state(&self, state: &State) -> Result<(), LabError> {
         let path = self.root.join("state.json");
         let tmp = self.root.join(".state.json.tmp");
-        let text = serde_json::to_string_pretty(state)
-            .map_err(|e| LabError::State { path: path.clone(), problem: e.to_string() })?;
+        let text = serde_json::to_string_pretty(state).map_err(|e| LabError::State {
+            path: path.clone(),
+            problem: e.to_string(),
+        })?;
         let mut f = File::create(&tmp).map_err(LabError::io("writing the lab state", &tmp))?;
-        f.write_all(text.as_bytes()).map_err(LabError::io("writing the lab state", &tmp))?;
+        f.write_all(text.as_bytes())
+            .map_err(LabError::io("writing the lab state", &tmp))?;
         drop(f);
         fs::rename(&tmp, &path).map_err(LabError::io("writing the lab state", &path))
     }
@@ -185,13 +203,24 @@ fn remove_lab_dir(root: &Path) -> Result<(), LabError> {
     }
 }
 
+/// Order namespace names for deletion: pods (more dashes: `nalab-n1-p1`) before nodes, the
+/// switch last.
+pub fn sort_for_teardown(names: &mut [String]) {
+    names.sort_by_key(|n| {
+        (
+            n.as_str() == SWITCH_NS,
+            std::cmp::Reverse(n.matches('-').count()),
+            n.clone(),
+        )
+    });
+}
+
 /// Delete namespaces by name (pods first, then nodes, then the switch: the reverse of
 /// creation), collecting failures instead of stopping at the first.
 pub fn delete_namespaces(names: &[String], failures: &mut Vec<String>) {
-    let mut ordered: Vec<&String> = names.iter().filter(|n| n.starts_with(PREFIX)).collect();
-    // Longer names are deeper (nalab-n1-p1 under nalab-n1); the switch goes last.
-    ordered.sort_by_key(|n| (n.as_str() == SWITCH_NS, std::cmp::Reverse(n.matches('-').count()), n.to_string()));
-    for name in ordered {
+    let mut ordered: Vec<String> = names.iter().filter(|n| n.starts_with(PREFIX)).cloned().collect();
+    sort_for_teardown(&mut ordered);
+    for name in &ordered {
         match delete_named_netns(name) {
             Ok(()) => debug!(name, "deleted lab namespace"),
             Err(e) => failures.push(format!("deleting namespace {name}: {e}")),
@@ -208,7 +237,10 @@ pub fn down() -> Result<(), LabError> {
         && lock.try_lock().is_err()
     {
         return Err(LabError::AlreadyPresent {
-            what: format!("a lab run is still in progress ({} is locked); stop it with Ctrl-C", lock_path.display()),
+            what: format!(
+                "a lab run is still in progress ({} is locked); stop it with Ctrl-C",
+                lock_path.display()
+            ),
         });
     }
     let state_path = root.join("state.json");
@@ -227,7 +259,10 @@ pub fn down() -> Result<(), LabError> {
     }
     let had_dir = root.exists();
     let mut failures = Vec::new();
-    let present: Vec<String> = names.into_iter().filter(|n| Path::new("/run/netns").join(n).exists()).collect();
+    let present: Vec<String> = names
+        .into_iter()
+        .filter(|n| Path::new("/run/netns").join(n).exists())
+        .collect();
     delete_namespaces(&present, &mut failures);
     if let Err(e) = remove_lab_dir(&root) {
         failures.push(e.to_string());
@@ -245,7 +280,11 @@ pub fn down() -> Result<(), LabError> {
         println!(
             "lab removed: {} namespace(s){}",
             present.len(),
-            if had_dir { format!(" and {}", root.display()) } else { String::new() }
+            if had_dir {
+                format!(" and {}", root.display())
+            } else {
+                String::new()
+            }
         );
     }
     Ok(())
@@ -257,10 +296,15 @@ mod tests {
 
     #[test]
     fn namespaces_are_deleted_deepest_first_and_the_switch_last() {
-        let mut names: Vec<String> =
-            ["nalab-sw", "nalab-n1", "nalab-n1-p1", "nalab-n2", "nalab-n1-p2"].iter().map(|s| s.to_string()).collect();
-        names.sort_by_key(|n| (n.as_str() == SWITCH_NS, std::cmp::Reverse(n.matches('-').count()), n.to_string()));
-        assert_eq!(names, ["nalab-n1-p1", "nalab-n1-p2", "nalab-n1", "nalab-n2", "nalab-sw"]);
+        let mut names: Vec<String> = ["nalab-sw", "nalab-n1", "nalab-n1-p1", "nalab-n2", "nalab-n1-p2"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        sort_for_teardown(&mut names);
+        assert_eq!(
+            names,
+            ["nalab-n1-p1", "nalab-n1-p2", "nalab-n1", "nalab-n2", "nalab-sw"]
+        );
     }
 
     #[test]

@@ -114,8 +114,18 @@ pub struct Plan {
     pub pods: Vec<PodPlan>,
 }
 
-fn input(field: &'static str, value: impl ToString, problem: impl Into<String>, fix: impl Into<String>) -> LabError {
-    LabError::Input { field, value: value.to_string(), problem: problem.into(), fix: fix.into() }
+fn input(
+    field: &'static str,
+    value: impl ToString,
+    problem: impl Into<String>,
+    fix: impl Into<String>,
+) -> LabError {
+    LabError::Input {
+        field,
+        value: value.to_string(),
+        problem: problem.into(),
+        fix: fix.into(),
+    }
 }
 
 /// Parse the macvlan mode the way the CNI plugin does, with a lab-specific message for the
@@ -159,12 +169,20 @@ impl Plan {
             return Err(input(
                 "pods-per-node",
                 config.pods_per_node,
-                format!("gives {total} pods with --nodes {}, more than the lab's {MAX_PODS}", config.nodes),
+                format!(
+                    "gives {total} pods with --nodes {}, more than the lab's {MAX_PODS}",
+                    config.nodes
+                ),
                 "use fewer nodes or fewer pods per node",
             ));
         }
         let range = IpRange::parse(&config.range, None, None, &[], None).map_err(|e| {
-            input("range", &config.range, format!("is not usable: {e}"), "write a CIDR like 192.168.4.0/24")
+            input(
+                "range",
+                &config.range,
+                format!("is not usable: {e}"),
+                "write a CIDR like 192.168.4.0/24",
+            )
         })?;
         let capacity = range.capacity();
         if capacity < total as u128 {
@@ -212,13 +230,20 @@ impl Plan {
         }
 
         let nodes: Vec<NodePlan> = (1..=config.nodes)
-            .map(|n| NodePlan { number: n, netns: format!("{PREFIX}n{n}"), switch_port: format!("sw-n{n}") })
+            .map(|n| NodePlan {
+                number: n,
+                netns: format!("{PREFIX}n{n}"),
+                switch_port: format!("sw-n{n}"),
+            })
             .collect();
         let pods = nodes
             .iter()
             .enumerate()
             .flat_map(|(i, node)| {
-                (1..=config.pods_per_node).map(move |p| PodPlan { node: i, netns: format!("{}-p{p}", node.netns) })
+                (1..=config.pods_per_node).map(move |p| PodPlan {
+                    node: i,
+                    netns: format!("{}-p{p}", node.netns),
+                })
             })
             .collect();
         let plan = Plan {
@@ -233,7 +258,12 @@ impl Plan {
         };
         for name in plan.interface_names() {
             validate_ifname(&name).map_err(|e| {
-                input("nodes", config.nodes, format!("gives interface name `{name}`: {e}"), "use fewer nodes")
+                input(
+                    "nodes",
+                    config.nodes,
+                    format!("gives interface name `{name}`: {e}"),
+                    "use fewer nodes",
+                )
             })?;
         }
         Ok(plan)
@@ -292,7 +322,10 @@ mod tests {
 
     fn cfg() -> LabConfig {
         // Any existing file will do as the "binary".
-        LabConfig { binary: PathBuf::from("/proc/self/exe"), ..LabConfig::default() }
+        LabConfig {
+            binary: PathBuf::from("/proc/self/exe"),
+            ..LabConfig::default()
+        }
     }
 
     fn field_of(err: LabError) -> &'static str {
@@ -320,27 +353,61 @@ mod tests {
 
     #[test]
     fn counts_out_of_bounds_are_refused() {
-        assert_eq!(field_of(Plan::from_config(&LabConfig { nodes: 0, ..cfg() }).expect_err("0")), "nodes");
-        assert_eq!(field_of(Plan::from_config(&LabConfig { nodes: 65, ..cfg() }).expect_err("65")), "nodes");
         assert_eq!(
-            field_of(Plan::from_config(&LabConfig { pods_per_node: 0, ..cfg() }).expect_err("0")),
+            field_of(Plan::from_config(&LabConfig { nodes: 0, ..cfg() }).expect_err("0")),
+            "nodes"
+        );
+        assert_eq!(
+            field_of(Plan::from_config(&LabConfig { nodes: 65, ..cfg() }).expect_err("65")),
+            "nodes"
+        );
+        assert_eq!(
+            field_of(
+                Plan::from_config(&LabConfig {
+                    pods_per_node: 0,
+                    ..cfg()
+                })
+                .expect_err("0")
+            ),
             "pods-per-node"
         );
-        let err = Plan::from_config(&LabConfig { nodes: 64, pods_per_node: 64, ..cfg() }).expect_err("too many");
+        let err = Plan::from_config(&LabConfig {
+            nodes: 64,
+            pods_per_node: 64,
+            ..cfg()
+        })
+        .expect_err("too many");
         assert!(err.to_string().contains("4096 pods"), "{err}");
-        Plan::from_config(&LabConfig { nodes: 1, pods_per_node: 1, ..cfg() }).expect("1x1 is fine");
+        Plan::from_config(&LabConfig {
+            nodes: 1,
+            pods_per_node: 1,
+            ..cfg()
+        })
+        .expect("1x1 is fine");
     }
 
     #[test]
     fn a_range_without_room_is_refused_with_the_numbers() {
-        let err = Plan::from_config(&LabConfig { range: "198.18.4.0/30".into(), ..cfg() }).expect_err("/30");
+        let err = Plan::from_config(&LabConfig {
+            range: "198.18.4.0/30".into(),
+            ..cfg()
+        })
+        .expect_err("/30");
         let text = err.to_string();
         assert!(text.contains("--range"), "{text}");
         assert!(text.contains("room for 2 addresses"), "{text}");
         assert!(text.contains("need 6"), "{text}");
-        Plan::from_config(&LabConfig { range: "198.18.4.0/29".into(), ..cfg() }).expect("6 fit in a /29");
+        Plan::from_config(&LabConfig {
+            range: "198.18.4.0/29".into(),
+            ..cfg()
+        })
+        .expect("6 fit in a /29");
         for bad in ["", "banana", "192.168.4.0/33", "300.1.1.1/24"] {
-            let err = Plan::from_config(&LabConfig { range: bad.into(), ..cfg() }).expect_err(bad);
+            let err = Plan::from_config(&LabConfig {
+                range: bad.into(),
+                ..cfg()
+            })
+            .expect_err(bad);
             assert_eq!(field_of(err), "range", "{bad}");
         }
     }
@@ -352,16 +419,40 @@ mod tests {
             ("private", MacvlanMode::Private),
             ("vepa", MacvlanMode::Vepa),
         ] {
-            let plan = Plan::from_config(&LabConfig { mode: mode.into(), ..cfg() }).expect(mode);
+            let plan = Plan::from_config(&LabConfig {
+                mode: mode.into(),
+                ..cfg()
+            })
+            .expect(mode);
             assert_eq!(plan.mode, want);
         }
-        let err = Plan::from_config(&LabConfig { mode: "source".into(), ..cfg() }).expect_err("source");
+        let err = Plan::from_config(&LabConfig {
+            mode: "source".into(),
+            ..cfg()
+        })
+        .expect_err("source");
         assert!(err.to_string().contains("not offered"), "{err}");
-        let err = Plan::from_config(&LabConfig { mode: "Bridge".into(), ..cfg() }).expect_err("case");
-        assert!(err.to_string().contains("bridge, private, vepa, passthru"), "{err}");
-        let err = Plan::from_config(&LabConfig { mode: "passthru".into(), ..cfg() }).expect_err("2 pods");
+        let err = Plan::from_config(&LabConfig {
+            mode: "Bridge".into(),
+            ..cfg()
+        })
+        .expect_err("case");
+        assert!(
+            err.to_string().contains("bridge, private, vepa, passthru"),
+            "{err}"
+        );
+        let err = Plan::from_config(&LabConfig {
+            mode: "passthru".into(),
+            ..cfg()
+        })
+        .expect_err("2 pods");
         assert!(err.to_string().contains("only one macvlan per master"), "{err}");
-        Plan::from_config(&LabConfig { mode: "passthru".into(), pods_per_node: 1, ..cfg() }).expect("1 pod");
+        Plan::from_config(&LabConfig {
+            mode: "passthru".into(),
+            pods_per_node: 1,
+            ..cfg()
+        })
+        .expect("1 pod");
     }
 
     #[test]
@@ -372,7 +463,11 @@ mod tests {
         }
         let plan = Plan::from_config(&LabConfig { mtu: 9000, ..cfg() }).expect("jumbo");
         assert_eq!(plan.full_payload(), 8972);
-        let v6 = LabConfig { range: "fd00:4::/64".into(), mtu: 1000, ..cfg() };
+        let v6 = LabConfig {
+            range: "fd00:4::/64".into(),
+            mtu: 1000,
+            ..cfg()
+        };
         assert_eq!(field_of(Plan::from_config(&v6).expect_err("v6 1000")), "mtu");
         let plan = Plan::from_config(&LabConfig { mtu: 1500, ..v6 }).expect("v6 1500");
         assert_eq!(plan.full_payload(), 1452);
@@ -380,14 +475,23 @@ mod tests {
 
     #[test]
     fn a_missing_binary_is_refused() {
-        let err = Plan::from_config(&LabConfig { binary: "/nonexistent/netattach".into(), ..cfg() })
-            .expect_err("missing");
+        let err = Plan::from_config(&LabConfig {
+            binary: "/nonexistent/netattach".into(),
+            ..cfg()
+        })
+        .expect_err("missing");
         assert_eq!(field_of(err), "binary");
     }
 
     #[test]
     fn the_largest_lab_still_has_valid_interface_names() {
-        let plan = Plan::from_config(&LabConfig { nodes: 64, pods_per_node: 4, ..cfg() }).expect("64 nodes");
+        let plan = Plan::from_config(&LabConfig {
+            nodes: 64,
+            pods_per_node: 4,
+            range: "10.0.0.0/16".into(),
+            ..cfg()
+        })
+        .expect("64 nodes");
         assert!(plan.interface_names().iter().all(|n| n.len() <= 15));
     }
 }

@@ -48,15 +48,6 @@ pub enum LabError {
         #[source]
         source: NetdevError,
     },
-    /// A raw netlink request of the lab's own (see [`crate::hairpin`]) failed.
-    #[error("{context}: {source}")]
-    Netlink {
-        /// What the lab was doing.
-        context: String,
-        /// The OS error or the kernel's NACK.
-        #[source]
-        source: io::Error,
-    },
     /// A file operation failed.
     #[error("{context} `{}`: {source}", path.display())]
     Io {
@@ -76,9 +67,9 @@ pub enum LabError {
     Ipam {
         /// What the lab was doing.
         context: String,
-        /// The IPAM error.
+        /// The IPAM error (boxed: it is large).
         #[source]
-        source: IpamError,
+        source: Box<IpamError>,
     },
     /// The state file could not be written or read.
     #[error("lab state file `{}`: {problem}", path.display())]
@@ -109,12 +100,19 @@ impl LabError {
     /// Wrap an I/O error with what the lab was doing and the path.
     pub fn io(context: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> LabError {
         let path = path.into();
-        move |source| LabError::Io { context, path, source }
+        move |source| LabError::Io {
+            context,
+            path,
+            source,
+        }
     }
 
     /// Wrap an IPAM error with what the lab was doing.
     pub fn ipam(context: impl Into<String>) -> impl FnOnce(IpamError) -> LabError {
         let context = context.into();
-        move |source| LabError::Ipam { context, source }
+        move |source| LabError::Ipam {
+            context,
+            source: Box::new(source),
+        }
     }
 }

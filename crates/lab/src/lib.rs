@@ -1,29 +1,386 @@
-//! placeholder: the lab helper replaces this file.
-use std::path::PathBuf;
-/// Lab settings.
-pub struct LabConfig {
-    pub nodes: usize,
-    pub pods_per_node: usize,
-    pub range: String,
-    pub mode: String,
-    pub mtu: u32,
-    pub keep: bool,
-    pub binary: PathBuf,
-}
-/// Lab error.
-#[derive(Debug)]
-pub struct LabError;
-impl std::fmt::Display for LabError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("lab not built yet")
-    }
-}
-impl std::error::Error for LabError {}
-/// Run.
-pub fn run(_c: &LabConfig) -> Result<bool, LabError> {
-    Err(LabError)
-}
-/// Down.
+//! netattach lab: a whole cluster on one machine, in network namespaces, to prove that the
+//! storage network works before anything depends on it.
+//!
+//! `netattach lab` builds a LAN switch (a Linux bridge in `nalab-sw`), N nodes (`nalab-nN`,
+//! each with a storage NIC `storage0` on the switch) and M pods per node (`nalab-nN-pM`);
+//! installs the netattach binary as the `macvlan` and `whereabouts` plugins into a temporary
+//! CNI bin dir; attaches every pod exactly as a container runtime would; validates interfaces,
+//! addresses and full-MTU reachability; detaches everything; and proves nothing leaked. The
+//! last line it prints starts with `PASS` or `FAIL`.
+//!
+//! Modules: [`config`] (input validation and naming), [`topology`] (namespaces, switch,
+//! nodes, pods), [`attach`] (the runtime side: ADD/DEL), [`validate`] (the checks),
+//! [`report`] (progress, table, verdict), [`cleanup`] (lab directory, signals, `lab down`),
+//! [`error`].
+//!
+//! Network safety: everything is created inside namespaces the lab creates; no pre-existing
+//! interface is touched and no packet leaves the lab's namespaces. Everything is deleted
+//! afterwards, on success, on failure (Drop guards), on a panic, and on SIGINT/SIGTERM (the run
+//! stops at the next step and tears down). `--keep` leaves it for inspection; `netattach lab
+//! down` removes it.
+
+pub mod attach;
+pub mod cleanup;
+pub mod config;
+pub mod error;
+pub mod report;
+pub mod topology;
+pub mod validate;
+
+use std::time::Instant;
+
+use tracing::warn;
+
+pub use crate::config::LabConfig;
+pub use crate::error::LabError;
+
+use crate::attach::{Attachment, Runtime};
+use crate::cleanup::{LAB_DIR, LabDir, State, check_interrupt};
+use crate::config::{NODE_NIC, POD_IFNAME, PREFIX, Plan, SameNode};
+use crate::report::{Row, step};
+use crate::topology::Topology;
+use crate::validate::Reach;
+
+const STEPS: usize = 6;
+
+/// Remove a lab left by `--keep` or by a crash: every `nalab-*` namespace and the lab
+/// directory. Idempotent.
 pub fn down() -> Result<(), LabError> {
-    Err(LabError)
+    cleanup::down()
+}
+
+fn require_root() -> Result<(), LabError> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    if euid == 0 { Ok(()) } else { Err(LabError::NotRoot) }
+}
+
+fn settings(config: &LabConfig) -> String {
+    format!(
+        "--nodes {} --pods-per-node {} --range {} --mode {} --mtu {}{}",
+        config.nodes,
+        config.pods_per_node,
+        config.range,
+        config.mode,
+        config.mtu,
+        if config.keep { " --keep" } else { "" }
+    )
+}
+
+/// Everything the steps found, for the table and the verdict.
+#[derive(Debug, Default)]
+struct Findings {
+    attachments: Vec<Attachment>,
+    reach: Vec<Reach>,
+    problems: Vec<String>,
+    notes: Vec<String>,
+    detached: bool,
+}
+
+/// Build, attach, validate, detach and verify; print progress, the table and the verdict.
+/// Returns whether the lab passed. Errors mean the lab could not run (bad input, not root, a
+/// lab already present, an interrupt); whatever was built is removed before returning.
+pub fn run(config: &LabConfig) -> Result<bool, LabError> {
+    let plan = Plan::from_config(config)?;
+    require_root()?;
+    cleanup::install_signal_handlers();
+    let started = Instant::now();
+    let dir = LabDir::create()?;
+    let mut state = State {
+        pid: std::process::id(),
+        phase: "running".into(),
+        settings: settings(config),
+        namespaces: plan.namespaces(),
+        dirs: vec![dir.root().to_path_buf()],
+    };
+    dir.write_state(&state)?;
+
+    let mut topo = Topology::default();
+    let outcome = run_steps(&plan, &dir, &mut topo);
+    let mut findings = match outcome {
+        Ok(f) => f,
+        Err(e) => {
+            // Tear down before reporting; the Drop guards would too, but quietly.
+            if matches!(e, LabError::Interrupted { .. }) {
+                println!("interrupted: tearing the lab down");
+            }
+            for f in topo.teardown() {
+                warn!("{f}");
+            }
+            if let Err(err) = dir.remove() {
+                warn!("{err}");
+            }
+            return Err(e);
+        }
+    };
+
+    let kept = plan.keep && !findings.detached;
+    if kept {
+        topo.keep();
+        state.phase = "kept".into();
+        dir.write_state(&state)?;
+        dir.keep();
+    } else {
+        findings.problems.extend(topo.teardown());
+        if let Err(e) = dir.remove() {
+            findings.problems.push(e.to_string());
+        }
+        let left: Vec<String> = netattach_netdev::list_named_netns()
+            .map_err(LabError::netdev("listing /run/netns"))?
+            .into_iter()
+            .filter(|n| n.starts_with(PREFIX))
+            .collect();
+        if !left.is_empty() {
+            findings
+                .problems
+                .push(format!("namespaces left after teardown: {}", left.join(", ")));
+        }
+    }
+
+    print_results(&plan, &findings, kept, started);
+    Ok(findings.problems.is_empty())
+}
+
+fn run_steps(plan: &Plan, dir: &LabDir, topo: &mut Topology) -> Result<Findings, LabError> {
+    let mut f = Findings::default();
+    let n_nodes = plan.nodes.len();
+    let n_pods = plan.pods.len();
+
+    // 1. The LAN.
+    let s = step(
+        1,
+        STEPS,
+        &format!(
+            "building the LAN: switch + {n_nodes} node(s) with storage NIC {NODE_NIC} + {n_pods} pod namespace(s), MTU {}",
+            plan.mtu
+        ),
+    );
+    let built = topo.build_lan(plan).and_then(|()| topo.build_pods(plan));
+    match &built {
+        Ok(()) if topo.hairpin => s.done("hairpin on the switch ports (vepa)"),
+        Ok(()) => s.done(""),
+        Err(LabError::Interrupted { .. }) => drop(s),
+        Err(e) => s.failed(&e.to_string()),
+    }
+    built?;
+    check_interrupt()?;
+
+    // 2. The plugins.
+    let bin_dir = dir.bin_dir();
+    let s = step(
+        2,
+        STEPS,
+        &format!(
+            "installing {} as macvlan + whereabouts into {}",
+            plan.binary.display(),
+            bin_dir.display()
+        ),
+    );
+    let installed = netattach_plugins::install::install(&plan.binary, &bin_dir, false)
+        .map_err(LabError::from)
+        .and_then(|_| Runtime::new(bin_dir.clone(), dir.ipam_dir()));
+    let runtime = match installed {
+        Ok(r) => {
+            s.done("");
+            r
+        }
+        Err(e) => {
+            s.failed(&e.to_string());
+            return Err(e);
+        }
+    };
+    check_interrupt()?;
+
+    // 3. ADD.
+    let s = step(
+        3,
+        STEPS,
+        &format!(
+            "attaching {n_pods} pod(s): CNI ADD macvlan {} on {NODE_NIC}, whereabouts {} (local store)",
+            plan.mode, plan.range_text
+        ),
+    );
+    for i in 0..topo.pods.len() {
+        check_interrupt()?;
+        let att = runtime.add(plan, topo, i)?;
+        if let (Err(e), Some(pod)) = (&att.outcome, topo.pods.get(i)) {
+            f.problems
+                .push(format!("{}: CNI ADD failed: {e}", pod.plan.netns));
+        }
+        f.attachments.push(att);
+    }
+    let ok = f.attachments.iter().filter(|a| a.outcome.is_ok()).count();
+    if ok == n_pods {
+        s.done(&format!("{ok}/{n_pods} attached"));
+    } else {
+        s.failed(&format!("{ok}/{n_pods} attached"));
+    }
+
+    // 4. Interfaces and addresses.
+    let s = step(
+        4,
+        STEPS,
+        &format!(
+            "checking interfaces ({POD_IFNAME}: up, macvlan {}, MTU {}) and addresses",
+            plan.mode, plan.mtu
+        ),
+    );
+    let mut found = validate::check_interfaces(plan, topo, &f.attachments)?;
+    found.extend(validate::check_addresses(plan, topo, &f.attachments));
+    if found.is_empty() {
+        s.done(&format!(
+            "{ok} interface(s) ok, {ok} unique address(es) in {}",
+            plan.range_text
+        ));
+    } else {
+        s.failed(&format!("{} problem(s)", found.len()));
+    }
+    f.problems.extend(found);
+    check_interrupt()?;
+
+    // 5. Reachability.
+    let cross_pairs: usize = plan
+        .pods
+        .iter()
+        .map(|p| plan.pods.iter().filter(|q| q.node != p.node).count())
+        .sum();
+    let same_pairs = n_pods * (n_pods / n_nodes).saturating_sub(1);
+    let mut what = format!(
+        "pinging the full mesh: {cross_pairs} cross-node pair(s) at {}B and {}B with DF",
+        validate::SMALL_PAYLOAD,
+        plan.full_payload()
+    );
+    if same_pairs > 0 {
+        what.push_str(&format!(
+            ", {same_pairs} same-node pair(s) {}",
+            match plan.same_node_expectation() {
+                SameNode::Isolated => "expected isolated (private)",
+                SameNode::ReachViaHairpin => "via the switch (vepa hairpin)",
+                SameNode::Reach => "direct (bridge)",
+            }
+        ));
+    }
+    let s = step(5, STEPS, &what);
+    let (reach, found) = validate::ping_mesh(plan, topo, &f.attachments)?;
+    if found.is_empty() {
+        s.done("");
+    } else {
+        s.failed(&format!("{} problem(s)", found.len()));
+    }
+    f.reach = reach;
+    f.problems.extend(found);
+    if n_nodes < 2 {
+        f.notes.push(
+            "only 1 node: traffic between nodes was not tested (cross-node ping needs --nodes 2 or more)"
+                .into(),
+        );
+    }
+    check_interrupt()?;
+
+    // 6. DEL and leaks.
+    if plan.keep {
+        let s = step(6, STEPS, "detaching");
+        s.done("skipped: --keep leaves the pods attached");
+        return Ok(f);
+    }
+    let s = step(
+        6,
+        STEPS,
+        "detaching (CNI DEL, reverse order) and checking for leaks",
+    );
+    let mut del_failed = 0;
+    for att in f.attachments.iter().rev() {
+        if let (Err(e), Some(pod)) = (runtime.del(plan, topo, att)?, topo.pods.get(att.pod)) {
+            del_failed += 1;
+            f.problems
+                .push(format!("{}: CNI DEL failed: {e}", pod.plan.netns));
+        }
+    }
+    let leaks = validate::check_leaks(topo, runtime.ipam_dir())?;
+    if del_failed == 0 && leaks.is_empty() {
+        s.done("no macvlan left in any pod, 0 allocations in the store");
+    } else {
+        s.failed(&format!("{del_failed} DEL failure(s), {} leak(s)", leaks.len()));
+    }
+    f.problems.extend(leaks);
+    f.detached = true;
+    Ok(f)
+}
+
+fn print_results(plan: &Plan, f: &Findings, kept: bool, started: Instant) {
+    let rows: Vec<Row> = f
+        .attachments
+        .iter()
+        .filter_map(|att| {
+            let pod = plan.pods.get(att.pod)?;
+            let node = plan.nodes.get(pod.node)?;
+            let reach = f.reach.get(att.pod).cloned().unwrap_or_default();
+            Some(Row {
+                pod: pod.netns.clone(),
+                node: node.netns.clone(),
+                interface: format!("{POD_IFNAME}@{NODE_NIC}"),
+                address: match &att.outcome {
+                    Ok(_) => att.address().map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
+                    Err(e) => format!("ADD failed (code {})", e.code),
+                },
+                reachability: if att.outcome.is_ok() {
+                    validate::describe(plan, &reach)
+                } else {
+                    "-".into()
+                },
+            })
+        })
+        .collect();
+    println!();
+    print!("{}", report::render_table(&rows));
+    println!();
+    for note in &f.notes {
+        println!("note: {note}");
+    }
+    for p in &f.problems {
+        println!("problem: {p}");
+    }
+    if kept {
+        let first = plan
+            .pods
+            .first()
+            .map(|p| p.netns.as_str())
+            .unwrap_or("nalab-n1-p1");
+        println!("the lab is still running (--keep); state in {LAB_DIR}/state.json");
+        println!("  enter a pod:    nsenter --net=/run/netns/{first} ip addr");
+        println!("  remove the lab: netattach lab down");
+    }
+
+    let n_pods = plan.pods.len();
+    let cross_ok: usize = f.reach.iter().map(|r| r.cross_ok).sum();
+    let cross_total: usize = f.reach.iter().map(|r| r.cross_total).sum();
+    let same_ok: usize = f.reach.iter().map(|r| r.same_ok + r.same_isolated).sum();
+    let same_total: usize = f.reach.iter().map(|r| r.same_total).sum();
+    let mut summary = format!(
+        "{n_pods} pod(s) on {} node(s), macvlan {}, unique addresses in {}",
+        plan.nodes.len(),
+        plan.mode,
+        plan.range_text
+    );
+    if cross_total > 0 {
+        summary.push_str(&format!(
+            ", {cross_ok}/{cross_total} cross-node paths ok at full MTU ({}B DF)",
+            plan.full_payload()
+        ));
+    }
+    if same_total > 0 {
+        let how = if plan.same_node_expectation() == SameNode::Isolated {
+            "isolated as expected"
+        } else {
+            "ok"
+        };
+        summary.push_str(&format!(", same-node {same_ok}/{same_total} {how}"));
+    }
+    if kept {
+        summary.push_str(", lab kept");
+    } else {
+        summary.push_str(", detached with nothing leaked");
+    }
+    summary.push_str(&format!(" ({})", report::format_duration(started.elapsed())));
+    println!("{}", report::verdict(&f.problems, &summary));
 }

@@ -5,28 +5,38 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-/// One progress step in flight: the label is printed at once, the outcome when it ends.
+/// One progress step in flight: the label is printed at once, the outcome when it ends. A
+/// step dropped without an outcome (an interrupt, an error) ends its line with `stopped`.
 #[derive(Debug)]
 pub struct Step {
     started: Instant,
+    finished: bool,
 }
 
 /// Print `[n/total] what ... ` (no newline yet) and start the clock.
 pub fn step(n: usize, total: usize, what: &str) -> Step {
     print!("[{n}/{total}] {what} ... ");
     let _ = std::io::stdout().flush();
-    Step { started: Instant::now() }
+    Step {
+        started: Instant::now(),
+        finished: false,
+    }
 }
 
 /// `42 ms`, `1.3 s`.
 pub fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms < 1000 { format!("{ms} ms") } else { format!("{:.1} s", d.as_secs_f64()) }
+    if ms < 1000 {
+        format!("{ms} ms")
+    } else {
+        format!("{:.1} s", d.as_secs_f64())
+    }
 }
 
 impl Step {
     /// Finish the line with `done (12 ms)`, or `done, <note> (12 ms)`.
-    pub fn done(self, note: &str) {
+    pub fn done(mut self, note: &str) {
+        self.finished = true;
         let took = format_duration(self.started.elapsed());
         if note.is_empty() {
             println!("done ({took})");
@@ -36,8 +46,17 @@ impl Step {
     }
 
     /// Finish the line with `FAILED, <why> (12 ms)`.
-    pub fn failed(self, why: &str) {
+    pub fn failed(mut self, why: &str) {
+        self.finished = true;
         println!("FAILED, {why} ({})", format_duration(self.started.elapsed()));
+    }
+}
+
+impl Drop for Step {
+    fn drop(&mut self) {
+        if !self.finished {
+            println!("stopped ({})", format_duration(self.started.elapsed()));
+        }
     }
 }
 
@@ -63,7 +82,15 @@ const HEADERS: [&str; 5] = ["POD", "NODE", "INTERFACE", "ADDRESS", "REACHABILITY
 pub fn render_table(rows: &[Row]) -> String {
     let cells: Vec<[&str; 5]> = rows
         .iter()
-        .map(|r| [r.pod.as_str(), r.node.as_str(), r.interface.as_str(), r.address.as_str(), r.reachability.as_str()])
+        .map(|r| {
+            [
+                r.pod.as_str(),
+                r.node.as_str(),
+                r.interface.as_str(),
+                r.address.as_str(),
+                r.reachability.as_str(),
+            ]
+        })
         .collect();
     let mut widths = HEADERS.map(|h| h.chars().count());
     for row in &cells {
@@ -116,13 +143,26 @@ mod tests {
     fn the_table_is_aligned_with_a_header_and_no_trailing_spaces() {
         let t = render_table(&[
             row("nalab-n1-p1", "192.168.4.1/24", "4/4 ok (1472B DF)"),
-            row("nalab-n1-p2", "192.168.4.10/24", "4/4 ok (1472B DF), same node 1/1 ok"),
+            row(
+                "nalab-n1-p2",
+                "192.168.4.10/24",
+                "4/4 ok (1472B DF), same node 1/1 ok",
+            ),
         ]);
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines.len(), 3);
-        assert_eq!(lines[0], "POD          NODE      INTERFACE      ADDRESS          REACHABILITY");
-        assert_eq!(lines[1], "nalab-n1-p1  nalab-n1  net1@storage0  192.168.4.1/24   4/4 ok (1472B DF)");
-        assert_eq!(lines[2], "nalab-n1-p2  nalab-n1  net1@storage0  192.168.4.10/24  4/4 ok (1472B DF), same node 1/1 ok");
+        assert_eq!(
+            lines[0],
+            "POD          NODE      INTERFACE      ADDRESS          REACHABILITY"
+        );
+        assert_eq!(
+            lines[1],
+            "nalab-n1-p1  nalab-n1  net1@storage0  192.168.4.1/24   4/4 ok (1472B DF)"
+        );
+        assert_eq!(
+            lines[2],
+            "nalab-n1-p2  nalab-n1  net1@storage0  192.168.4.10/24  4/4 ok (1472B DF), same node 1/1 ok"
+        );
         assert!(lines.iter().all(|l| !l.ends_with(' ')));
         // Every column starts at the same offset in every line.
         let col = lines[0].find("ADDRESS").expect("header");
@@ -138,7 +178,10 @@ mod tests {
     fn verdicts_start_with_pass_or_fail() {
         assert_eq!(verdict(&[], "6 pods ok"), "PASS: 6 pods ok");
         assert_eq!(verdict(&["x".into()], "ignored"), "FAIL: 1 problem: x");
-        assert_eq!(verdict(&["x".into(), "y".into()], "ignored"), "FAIL: 2 problems (listed above), first: x");
+        assert_eq!(
+            verdict(&["x".into(), "y".into()], "ignored"),
+            "FAIL: 2 problems (listed above), first: x"
+        );
     }
 
     #[test]

@@ -16,7 +16,6 @@ use tracing::debug;
 
 use crate::config::{BRIDGE, NODE_NIC, NodePlan, Plan, PodPlan, SWITCH_NS};
 use crate::error::LabError;
-use crate::hairpin;
 
 /// A namespace the lab made: its `/run/netns` entry (deleted on drop) and an open handle.
 #[derive(Debug)]
@@ -27,8 +26,11 @@ pub struct LabNs {
 
 impl LabNs {
     fn create(name: &str) -> Result<LabNs, LabError> {
-        let named = NamedNetns::create(name).map_err(LabError::netdev(format!("creating namespace {name}")))?;
-        let netns = named.netns().map_err(LabError::netdev(format!("opening namespace {name}")))?;
+        let named =
+            NamedNetns::create(name).map_err(LabError::netdev(format!("creating namespace {name}")))?;
+        let netns = named
+            .netns()
+            .map_err(LabError::netdev(format!("opening namespace {name}")))?;
         Ok(LabNs { named, netns })
     }
 
@@ -50,7 +52,9 @@ impl LabNs {
     fn delete(self) -> Result<(), String> {
         let name = self.named.name().to_string();
         drop(self.netns);
-        self.named.delete().map_err(|e| format!("deleting namespace {name}: {e}"))
+        self.named
+            .delete()
+            .map_err(|e| format!("deleting namespace {name}: {e}"))
     }
 
     fn keep(self) {
@@ -125,35 +129,56 @@ impl Topology {
         let switch = LabNs::create(SWITCH_NS)?;
         let mut sw = switch.handle()?;
         self.switch = Some(switch);
-        sw.create_bridge(BRIDGE).map_err(LabError::netdev(format!("creating bridge {BRIDGE} in {SWITCH_NS}")))?;
-        let br = sw.link_index(BRIDGE).map_err(LabError::netdev(format!("finding bridge {BRIDGE}")))?;
-        sw.set_mtu(br, plan.mtu).map_err(LabError::netdev(format!("setting MTU {} on {BRIDGE}", plan.mtu)))?;
-        sw.set_up(br).map_err(LabError::netdev(format!("bringing {BRIDGE} up")))?;
+        sw.create_bridge(BRIDGE).map_err(LabError::netdev(format!(
+            "creating bridge {BRIDGE} in {SWITCH_NS}"
+        )))?;
+        let br = sw
+            .link_index(BRIDGE)
+            .map_err(LabError::netdev(format!("finding bridge {BRIDGE}")))?;
+        sw.set_mtu(br, plan.mtu)
+            .map_err(LabError::netdev(format!("setting MTU {} on {BRIDGE}", plan.mtu)))?;
+        sw.set_up(br)
+            .map_err(LabError::netdev(format!("bringing {BRIDGE} up")))?;
 
         for node in &plan.nodes {
             let ns = LabNs::create(&node.netns)?;
             let port = &node.switch_port;
             let ctx = |what: &str| format!("{what} for node {}", node.netns);
             sw.create_veth(port, NODE_NIC, Some(ns.netns()))
-                .map_err(LabError::netdev(ctx(&format!("creating veth {port} <-> {NODE_NIC}"))))?;
+                .map_err(LabError::netdev(ctx(&format!(
+                    "creating veth {port} <-> {NODE_NIC}"
+                ))))?;
             // Record the node before configuring it, so a failure below still deletes it.
-            self.nodes.push(Node { plan: node.clone(), ns });
-            let port_index = sw.link_index(port).map_err(LabError::netdev(ctx("finding the switch port")))?;
-            sw.set_mtu(port_index, plan.mtu).map_err(LabError::netdev(ctx("setting the switch port MTU")))?;
-            sw.set_master(port_index, br).map_err(LabError::netdev(ctx("attaching the port to the switch")))?;
-            if plan.mode == MacvlanMode::Vepa
-                && let Some(switch) = &self.switch
-            {
-                hairpin::set_hairpin(switch.netns(), port_index, port)?;
+            self.nodes.push(Node {
+                plan: node.clone(),
+                ns,
+            });
+            let port_index = sw
+                .link_index(port)
+                .map_err(LabError::netdev(ctx("finding the switch port")))?;
+            sw.set_mtu(port_index, plan.mtu)
+                .map_err(LabError::netdev(ctx("setting the switch port MTU")))?;
+            sw.set_master(port_index, br)
+                .map_err(LabError::netdev(ctx("attaching the port to the switch")))?;
+            if plan.mode == MacvlanMode::Vepa {
+                sw.set_bridge_port_hairpin(port_index, true)
+                    .map_err(LabError::netdev(ctx("setting hairpin mode on the switch port")))?;
                 self.hairpin = true;
             }
-            sw.set_up(port_index).map_err(LabError::netdev(ctx("bringing the switch port up")))?;
+            sw.set_up(port_index)
+                .map_err(LabError::netdev(ctx("bringing the switch port up")))?;
 
-            let Some(node_ns) = self.nodes.last().map(|n| &n.ns) else { continue };
+            let Some(node_ns) = self.nodes.last().map(|n| &n.ns) else {
+                continue;
+            };
             let mut nh = node_ns.handle()?;
-            let nic = nh.link_index(NODE_NIC).map_err(LabError::netdev(ctx("finding the storage NIC")))?;
-            nh.set_mtu(nic, plan.mtu).map_err(LabError::netdev(ctx("setting the storage NIC MTU")))?;
-            nh.set_up(nic).map_err(LabError::netdev(ctx("bringing the storage NIC up")))?;
+            let nic = nh
+                .link_index(NODE_NIC)
+                .map_err(LabError::netdev(ctx("finding the storage NIC")))?;
+            nh.set_mtu(nic, plan.mtu)
+                .map_err(LabError::netdev(ctx("setting the storage NIC MTU")))?;
+            nh.set_up(nic)
+                .map_err(LabError::netdev(ctx("bringing the storage NIC up")))?;
             debug!(node = %node.netns, port, "node wired to the switch");
         }
         Ok(())
@@ -164,7 +189,12 @@ impl Topology {
         for pod in &plan.pods {
             crate::cleanup::check_interrupt()?;
             let ns = LabNs::create(&pod.netns)?;
-            self.pods.push(Pod { plan: pod.clone(), ns, container_id: container_id(), uid: pod_uid() });
+            self.pods.push(Pod {
+                plan: pod.clone(),
+                ns,
+                container_id: container_id(),
+                uid: pod_uid(),
+            });
         }
         Ok(())
     }
@@ -224,7 +254,11 @@ mod tests {
         assert_ne!(id, container_id());
         let uid = pod_uid();
         let parts: Vec<&str> = uid.split('-').collect();
-        assert_eq!(parts.iter().map(|p| p.len()).collect::<Vec<_>>(), [8, 4, 4, 4, 12], "{uid}");
+        assert_eq!(
+            parts.iter().map(|p| p.len()).collect::<Vec<_>>(),
+            [8, 4, 4, 4, 12],
+            "{uid}"
+        );
         assert!(parts[2].starts_with('4'), "{uid}");
     }
 }

@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use netattach_ipam::{FileStore, Store};
 use netattach_netdev::probe;
@@ -30,26 +30,45 @@ pub const SMALL_TRIES: usize = 3;
 /// How long to wait before concluding that an isolated pair is isolated.
 pub const ISOLATION_TIMEOUT: Duration = Duration::from_millis(400);
 
+/// How long IPv6 addresses may stay tentative (DAD) after ADD.
+pub const DAD_WAIT: Duration = Duration::from_secs(5);
+
 /// Check the interface of every attached pod; returns the problems.
-pub fn check_interfaces(plan: &Plan, topo: &Topology, attachments: &[Attachment]) -> Result<Vec<String>, LabError> {
+pub fn check_interfaces(
+    plan: &Plan,
+    topo: &Topology,
+    attachments: &[Attachment],
+) -> Result<Vec<String>, LabError> {
     let mut problems = Vec::new();
+    let dad_deadline = Instant::now() + DAD_WAIT;
     for att in attachments {
         check_interrupt()?;
-        let (Some(pod), Some(addr)) = (topo.pods.get(att.pod), att.address()) else { continue };
+        let (Some(pod), Some(addr)) = (topo.pods.get(att.pod), att.address()) else {
+            continue;
+        };
         let name = &pod.plan.netns;
         let mut h = pod.ns.handle()?;
-        let link = h.link_by_name(POD_IFNAME).map_err(LabError::netdev(format!("reading {POD_IFNAME} in {name}")))?;
+        let link = h
+            .link_by_name(POD_IFNAME)
+            .map_err(LabError::netdev(format!("reading {POD_IFNAME} in {name}")))?;
         let Some(link) = link else {
-            problems.push(format!("{name}: interface {POD_IFNAME} is missing after a successful ADD"));
+            problems.push(format!(
+                "{name}: interface {POD_IFNAME} is missing after a successful ADD"
+            ));
             continue;
         };
         if link.kind.as_deref() != Some("macvlan") {
-            problems.push(format!("{name}: {POD_IFNAME} is a {} link, not macvlan", link.kind.as_deref().unwrap_or("plain")));
+            problems.push(format!(
+                "{name}: {POD_IFNAME} is a {} link, not macvlan",
+                link.kind.as_deref().unwrap_or("plain")
+            ));
         }
         if link.macvlan_mode != Some(plan.mode) {
             problems.push(format!(
                 "{name}: {POD_IFNAME} is in macvlan mode {}, expected {}",
-                link.macvlan_mode.map(|m| m.to_string()).unwrap_or_else(|| "none".into()),
+                link.macvlan_mode
+                    .map(|m| m.to_string())
+                    .unwrap_or_else(|| "none".into()),
                 plan.mode
             ));
         }
@@ -57,14 +76,36 @@ pub fn check_interfaces(plan: &Plan, topo: &Topology, attachments: &[Attachment]
             problems.push(format!("{name}: {POD_IFNAME} is down"));
         }
         if link.mtu != plan.mtu {
-            problems.push(format!("{name}: {POD_IFNAME} has MTU {}, expected {}", link.mtu, plan.mtu));
+            problems.push(format!(
+                "{name}: {POD_IFNAME} has MTU {}, expected {}",
+                link.mtu, plan.mtu
+            ));
         }
-        let addrs = h.addresses(link.index).map_err(LabError::netdev(format!("reading addresses in {name}")))?;
-        match addrs.iter().find(|a| a.addr == addr) {
-            None => problems.push(format!("{name}: {POD_IFNAME} does not carry its address {addr}")),
-            Some(a) if a.tentative || a.dadfailed => {
-                problems.push(format!("{name}: address {addr} is not usable (IPv6 DAD tentative or failed)"))
+        // IPv6: the plugin (like the reference plugin) waits for DAD only when the range has a
+        // gateway, so an address may still be tentative right after ADD. Wait for it, within
+        // one deadline for the whole step.
+        let found = loop {
+            let addrs = h
+                .addresses(link.index)
+                .map_err(LabError::netdev(format!("reading addresses in {name}")))?;
+            let found = addrs.into_iter().find(|a| a.addr == addr);
+            match &found {
+                Some(a) if a.tentative && !a.dadfailed && Instant::now() < dad_deadline => {
+                    check_interrupt()?;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                _ => break found,
             }
+        };
+        match found {
+            None => problems.push(format!("{name}: {POD_IFNAME} does not carry its address {addr}")),
+            Some(a) if a.dadfailed => problems.push(format!(
+                "{name}: address {addr} failed IPv6 duplicate address detection"
+            )),
+            Some(a) if a.tentative => problems.push(format!(
+                "{name}: address {addr} is still IPv6-tentative {}s after ADD",
+                DAD_WAIT.as_secs()
+            )),
             Some(_) => {}
         }
     }
@@ -76,13 +117,21 @@ pub fn check_addresses(plan: &Plan, topo: &Topology, attachments: &[Attachment])
     let mut problems = Vec::new();
     let mut seen: BTreeMap<IpAddr, &str> = BTreeMap::new();
     for att in attachments {
-        let (Some(pod), Some(addr)) = (topo.pods.get(att.pod), att.address()) else { continue };
+        let (Some(pod), Some(addr)) = (topo.pods.get(att.pod), att.address()) else {
+            continue;
+        };
         let name = pod.plan.netns.as_str();
         if !plan.range.contains(addr.addr()) || addr.prefix_len() != plan.range.prefix_len() {
-            problems.push(format!("{name}: address {addr} is outside the range {}", plan.range_text));
+            problems.push(format!(
+                "{name}: address {addr} is outside the range {}",
+                plan.range_text
+            ));
         }
         if let Some(other) = seen.insert(addr.addr(), name) {
-            problems.push(format!("DUPLICATE address {}: held by {other} and {name}", addr.addr()));
+            problems.push(format!(
+                "DUPLICATE address {}: held by {other} and {name}",
+                addr.addr()
+            ));
         }
     }
     problems
@@ -123,11 +172,40 @@ fn reach(ns: &netattach_netdev::Netns, dst: IpAddr, full: usize) -> Result<(), S
         .map_err(|e| format!("{dst} answers small pings but not a full-MTU {full}B datagram with DF: {e}"))
 }
 
+/// One echo request from inside the lab namespace `netns` (e.g. `nalab-n1-p1` of a lab kept
+/// with `--keep`) to `dst`, `payload` bytes of ICMP data, optionally with DF; the round trip.
+pub fn ping_from(
+    netns: &str,
+    dst: IpAddr,
+    payload: usize,
+    dont_fragment: bool,
+) -> Result<Duration, LabError> {
+    if !netns.starts_with(crate::config::PREFIX) {
+        return Err(LabError::State {
+            path: std::path::Path::new(netattach_netdev::netns::NETNS_RUN_DIR).join(netns),
+            problem: format!(
+                "`{netns}` is not a lab namespace (they start with {})",
+                crate::config::PREFIX
+            ),
+        });
+    }
+    let path = std::path::Path::new(netattach_netdev::netns::NETNS_RUN_DIR).join(netns);
+    let ns = netattach_netdev::Netns::open(&path).map_err(LabError::netdev(format!("opening {netns}")))?;
+    probe::ping(&ns, dst, payload, dont_fragment, REPLY_TIMEOUT)
+        .map_err(LabError::netdev(format!("ping {dst} from {netns} ({payload}B)")))
+}
+
 /// Ping every pod from every pod; returns per-pod results (indexed like `topo.pods`) and the
 /// problems.
-pub fn ping_mesh(plan: &Plan, topo: &Topology, attachments: &[Attachment]) -> Result<(Vec<Reach>, Vec<String>), LabError> {
-    let addr_of: BTreeMap<usize, IpAddr> =
-        attachments.iter().filter_map(|a| a.address().map(|n| (a.pod, n.addr()))).collect();
+pub fn ping_mesh(
+    plan: &Plan,
+    topo: &Topology,
+    attachments: &[Attachment],
+) -> Result<(Vec<Reach>, Vec<String>), LabError> {
+    let addr_of: BTreeMap<usize, IpAddr> = attachments
+        .iter()
+        .filter_map(|a| a.address().map(|n| (a.pod, n.addr())))
+        .collect();
     let full = plan.full_payload();
     let same = plan.same_node_expectation();
     let mut results = vec![Reach::default(); topo.pods.len()];
@@ -146,11 +224,15 @@ pub fn ping_mesh(plan: &Plan, topo: &Topology, attachments: &[Attachment]) -> Re
                 r.cross_total += 1;
             }
             // A pod without an address already failed at ADD; it counts as unreached.
-            let (Some(&src_ip), Some(&dst_ip)) = (addr_of.get(&si), addr_of.get(&di)) else { continue };
+            let (Some(&src_ip), Some(&dst_ip)) = (addr_of.get(&si), addr_of.get(&di)) else {
+                continue;
+            };
             let pair = format!("{} ({src_ip}) -> {} ({dst_ip})", src.plan.netns, dst.plan.netns);
             if same_node && same == SameNode::Isolated {
                 match probe::ping(src.ns.netns(), dst_ip, SMALL_PAYLOAD, false, ISOLATION_TIMEOUT) {
-                    Ok(_) => problems.push(format!("{pair}: reachable, but private mode must isolate same-node pods")),
+                    Ok(_) => problems.push(format!(
+                        "{pair}: reachable, but private mode must isolate same-node pods"
+                    )),
                     Err(_) => r.same_isolated += 1,
                 }
                 continue;
@@ -171,8 +253,13 @@ pub fn check_leaks(topo: &Topology, store_dir: &std::path::Path) -> Result<Vec<S
     let mut problems = Vec::new();
     for pod in &topo.pods {
         let mut h = pod.ns.handle()?;
-        let links = h.links().map_err(LabError::netdev(format!("listing links in {}", pod.plan.netns)))?;
-        for l in links.iter().filter(|l| l.kind.as_deref() == Some("macvlan") || l.name == POD_IFNAME) {
+        let links = h
+            .links()
+            .map_err(LabError::netdev(format!("listing links in {}", pod.plan.netns)))?;
+        for l in links
+            .iter()
+            .filter(|l| l.kind.as_deref() == Some("macvlan") || l.name == POD_IFNAME)
+        {
             problems.push(format!(
                 "{}: link {} ({}) still present after DEL",
                 pod.plan.netns,
@@ -182,7 +269,9 @@ pub fn check_leaks(topo: &Topology, store_dir: &std::path::Path) -> Result<Vec<S
         }
     }
     let store = FileStore::new(store_dir).map_err(LabError::ipam("opening the lab's IPAM store"))?;
-    let left = store.allocations().map_err(LabError::ipam("listing the lab's IPAM allocations"))?;
+    let left = store
+        .allocations()
+        .map_err(LabError::ipam("listing the lab's IPAM allocations"))?;
     for a in left {
         problems.push(format!(
             "address {} still allocated after DEL (pool {}, owner {} {})",
@@ -199,17 +288,35 @@ pub fn check_leaks(topo: &Topology, store_dir: &std::path::Path) -> Result<Vec<S
 pub fn describe(plan: &Plan, r: &Reach) -> String {
     let mut parts = Vec::new();
     if r.cross_total > 0 {
-        parts.push(format!("{}/{} ok ({}B DF)", r.cross_ok, r.cross_total, plan.full_payload()));
+        parts.push(format!(
+            "{}/{} ok ({}B DF)",
+            r.cross_ok,
+            r.cross_total,
+            plan.full_payload()
+        ));
     }
     if r.same_total > 0 {
-        parts.push(match plan.same_node_expectation() {
-            SameNode::Isolated if r.same_isolated == r.same_total => "same node isolated (private)".to_string(),
-            SameNode::Isolated => format!("same node {}/{} isolated (private)", r.same_isolated, r.same_total),
+        let mut same = match plan.same_node_expectation() {
+            SameNode::Isolated if r.same_isolated == r.same_total => {
+                "same node isolated (private)".to_string()
+            }
+            SameNode::Isolated => format!(
+                "same node {}/{} isolated (private)",
+                r.same_isolated, r.same_total
+            ),
             SameNode::ReachViaHairpin => format!("same node {}/{} ok (hairpin)", r.same_ok, r.same_total),
             SameNode::Reach => format!("same node {}/{} ok", r.same_ok, r.same_total),
-        });
+        };
+        if r.cross_total == 0 && plan.same_node_expectation() != SameNode::Isolated {
+            same.push_str(&format!(" ({}B DF)", plan.full_payload()));
+        }
+        parts.push(same);
     }
-    if parts.is_empty() { "n/a (no other pod)".to_string() } else { parts.join(", ") }
+    if parts.is_empty() {
+        "n/a (no other pod)".to_string()
+    } else {
+        parts.join(", ")
+    }
 }
 
 #[cfg(test)]
@@ -230,12 +337,42 @@ mod tests {
 
     #[test]
     fn reachability_cells_say_what_was_proven() {
-        let r = Reach { cross_ok: 4, cross_total: 4, same_ok: 1, same_isolated: 0, same_total: 1 };
-        assert_eq!(describe(&plan("bridge", 3, 2), &r), "4/4 ok (1472B DF), same node 1/1 ok");
-        let r = Reach { cross_ok: 3, cross_total: 4, same_ok: 0, same_isolated: 1, same_total: 1 };
-        assert_eq!(describe(&plan("private", 3, 2), &r), "3/4 ok (1472B DF), same node isolated (private)");
-        let r = Reach { cross_ok: 2, cross_total: 2, same_ok: 1, same_isolated: 0, same_total: 1 };
-        assert_eq!(describe(&plan("vepa", 2, 2), &r), "2/2 ok (1472B DF), same node 1/1 ok (hairpin)");
-        assert_eq!(describe(&plan("bridge", 1, 1), &Reach::default()), "n/a (no other pod)");
+        let r = Reach {
+            cross_ok: 4,
+            cross_total: 4,
+            same_ok: 1,
+            same_isolated: 0,
+            same_total: 1,
+        };
+        assert_eq!(
+            describe(&plan("bridge", 3, 2), &r),
+            "4/4 ok (1472B DF), same node 1/1 ok"
+        );
+        let r = Reach {
+            cross_ok: 3,
+            cross_total: 4,
+            same_ok: 0,
+            same_isolated: 1,
+            same_total: 1,
+        };
+        assert_eq!(
+            describe(&plan("private", 3, 2), &r),
+            "3/4 ok (1472B DF), same node isolated (private)"
+        );
+        let r = Reach {
+            cross_ok: 2,
+            cross_total: 2,
+            same_ok: 1,
+            same_isolated: 0,
+            same_total: 1,
+        };
+        assert_eq!(
+            describe(&plan("vepa", 2, 2), &r),
+            "2/2 ok (1472B DF), same node 1/1 ok (hairpin)"
+        );
+        assert_eq!(
+            describe(&plan("bridge", 1, 1), &Reach::default()),
+            "n/a (no other pod)"
+        );
     }
 }

@@ -25,8 +25,16 @@ fn add_fails(topo: &Topology, pod: &Pod, conf: &Value) -> CniError {
 /// Nothing in the pod namespace but `lo`, nothing in the node but the master, no allocation.
 #[track_caller]
 fn assert_nothing_left(topo: &Topology, pod: &Pod) {
-    assert_eq!(pod.ns.link_names(), Vec::<String>::new(), "links left in the pod netns");
-    assert_eq!(topo.node.link_names(), vec![MASTER.to_string()], "links left in the node netns");
+    assert_eq!(
+        pod.ns.link_names(),
+        Vec::<String>::new(),
+        "links left in the pod netns"
+    );
+    assert_eq!(
+        topo.node.link_names(),
+        vec![MASTER.to_string()],
+        "links left in the node netns"
+    );
     assert_eq!(topo.allocations(), vec![], "allocations left in the store");
 }
 
@@ -35,11 +43,17 @@ fn invalid_json_is_code_6() {
     let topo = Topology::new();
     let pod = topo.pod("badjson");
     let r = topo.macvlan();
-    let out = r.raw(&r.env_for("ADD", &pod.att), br#"{"cniVersion": "1.1.0", "name": "x", "type": "macvlan",,}"#);
+    let out = r.raw(
+        &r.env_for("ADD", &pod.att),
+        br#"{"cniVersion": "1.1.0", "name": "x", "type": "macvlan",,}"#,
+    );
     assert!(out.code.is_some_and(|c| c != 0), "{out:?}");
     let err = out.error();
     assert_eq!(err.code, code::DECODING_FAILURE, "{err:?}");
-    assert!(!err.details.is_empty(), "the error should say where the JSON is broken: {err:?}");
+    assert!(
+        !err.details.is_empty(),
+        "the error should say where the JSON is broken: {err:?}"
+    );
     assert_nothing_left(&topo, &pod);
 }
 
@@ -67,7 +81,11 @@ fn unknown_cni_command_is_code_4() {
     let conf = topo.macvlan_conf("1.1.0", "198.18.1.0/24");
     let out = topo.macvlan().invoke("FROBNICATE", &pod.att, &conf);
     assert!(out.code.is_some_and(|c| c != 0), "{out:?}");
-    assert_error(&out.error(), code::INVALID_ENVIRONMENT, &["CNI_COMMAND", "FROBNICATE"]);
+    assert_error(
+        &out.error(),
+        code::INVALID_ENVIRONMENT,
+        &["CNI_COMMAND", "FROBNICATE"],
+    );
     assert_nothing_left(&topo, &pod);
 }
 
@@ -89,7 +107,11 @@ fn ifname_of_16_bytes_is_code_4() {
     assert_eq!(pod.att.ifname.len(), 16);
     let conf = topo.macvlan_conf("1.1.0", "198.18.1.0/24");
     let err = add_fails(&topo, &pod, &conf);
-    assert_error(&err, code::INVALID_ENVIRONMENT, &["CNI_IFNAME", "abcdefghijklmnop", "fix"]);
+    assert_error(
+        &err,
+        code::INVALID_ENVIRONMENT,
+        &["CNI_IFNAME", "abcdefghijklmnop", "fix"],
+    );
     assert_nothing_left(&topo, &pod);
 }
 
@@ -106,7 +128,10 @@ fn ifname_already_in_netns_is_code_101_and_existing_link_untouched() {
     assert_eq!(after.index, before.index, "net1 was replaced");
     assert_eq!(after.kind.as_deref(), Some("veth"));
     assert_eq!(after.mac, before.mac);
-    assert_eq!(pod.ns.link_names(), vec!["net1".to_string(), "other1".to_string()]);
+    assert_eq!(
+        pod.ns.link_names(),
+        vec!["net1".to_string(), "other1".to_string()]
+    );
     assert_eq!(topo.allocations(), vec![]);
     assert_eq!(topo.node.link_names(), vec![MASTER.to_string()]);
 }
@@ -129,7 +154,11 @@ fn mtu_above_master_is_code_7_naming_mtu() {
     let mut conf = topo.macvlan_conf("1.1.0", "198.18.1.0/24");
     conf["mtu"] = json!(9000);
     let err = add_fails(&topo, &pod, &conf);
-    assert_error(&err, code::INVALID_NETWORK_CONFIG, &["mtu", "9000", "1500", "fix"]);
+    assert_error(
+        &err,
+        code::INVALID_NETWORK_CONFIG,
+        &["mtu", "9000", "1500", "fix"],
+    );
     assert_nothing_left(&topo, &pod);
 }
 
@@ -140,7 +169,11 @@ fn invalid_mac_is_code_7_naming_mac() {
     let mut conf = topo.macvlan_conf("1.1.0", "198.18.1.0/24");
     conf["mac"] = json!("02:00:00:00:00:zz");
     let err = add_fails(&topo, &pod, &conf);
-    assert_error(&err, code::INVALID_NETWORK_CONFIG, &["mac", "02:00:00:00:00:zz", "fix"]);
+    assert_error(
+        &err,
+        code::INVALID_NETWORK_CONFIG,
+        &["mac", "02:00:00:00:00:zz", "fix"],
+    );
     assert_nothing_left(&topo, &pod);
 }
 
@@ -151,7 +184,11 @@ fn invalid_mode_is_code_7_naming_mode() {
     let mut conf = topo.macvlan_conf("1.1.0", "198.18.1.0/24");
     conf["mode"] = json!("bridgy");
     let err = add_fails(&topo, &pod, &conf);
-    assert_error(&err, code::INVALID_NETWORK_CONFIG, &["mode", "bridgy", "fix", "passthru"]);
+    assert_error(
+        &err,
+        code::INVALID_NETWORK_CONFIG,
+        &["mode", "bridgy", "fix", "passthru"],
+    );
     assert_nothing_left(&topo, &pod);
 }
 
@@ -204,7 +241,11 @@ fn exhausted_range_is_code_102_with_pool_size_and_held() {
         code::POOL_EXHAUSTED,
         &["pool `", "198.18.3.0/30", "2 allocatable", "2 held", "fix"],
     );
-    assert_eq!(third.ns.link_names(), Vec::<String>::new(), "link left in the third pod");
+    assert_eq!(
+        third.ns.link_names(),
+        Vec::<String>::new(),
+        "link left in the third pod"
+    );
     let held = topo.allocations();
     assert_eq!(held.len(), 2, "{held:?}");
     assert!(
@@ -212,7 +253,10 @@ fn exhausted_range_is_code_102_with_pool_size_and_held() {
         "the failed pod holds an address: {held:?}"
     );
     let pool = &held[0].pool;
-    assert!(err.details.contains(pool.as_str()), "message should name pool {pool}: {err:?}");
+    assert!(
+        err.details.contains(pool.as_str()),
+        "message should name pool {pool}: {err:?}"
+    );
     topo.macvlan().del(&first.att, &conf).expect("DEL first");
     topo.macvlan().del(&second.att, &conf).expect("DEL second");
     assert_nothing_left(&topo, &first);
@@ -225,7 +269,11 @@ fn unknown_ipam_key_range_start_camel_case_suggests_range_start() {
     let mut conf = topo.macvlan_conf("1.1.0", "198.18.1.0/24");
     conf["ipam"]["rangeStart"] = json!("198.18.1.10");
     let err = add_fails(&topo, &pod, &conf);
-    assert_error(&err, code::INVALID_NETWORK_CONFIG, &["rangeStart", "`range_start`"]);
+    assert_error(
+        &err,
+        code::INVALID_NETWORK_CONFIG,
+        &["rangeStart", "`range_start`"],
+    );
     assert_nothing_left(&topo, &pod);
 }
 

@@ -52,9 +52,16 @@ fn add_check_del(version: &str) {
         "result MAC differs from the link's"
     );
     if version == "1.1.0" {
-        assert_eq!(iface["mtu"], json!(link.mtu), "1.1.0 result carries the MTU: {result}");
+        assert_eq!(
+            iface["mtu"],
+            json!(link.mtu),
+            "1.1.0 result carries the MTU: {result}"
+        );
     } else {
-        assert!(iface.get("mtu").is_none(), "{version} result must not carry mtu: {result}");
+        assert!(
+            iface.get("mtu").is_none(),
+            "{version} result must not carry mtu: {result}"
+        );
     }
 
     let ips = result["ips"].as_array().expect("ips");
@@ -65,7 +72,10 @@ fn add_check_del(version: &str) {
     if legacy {
         assert_eq!(ip["version"], "4", "{version} needs ips[].version: {result}");
     } else {
-        assert!(ip.get("version").is_none(), "{version} must not have ips[].version: {result}");
+        assert!(
+            ip.get("version").is_none(),
+            "{version} must not have ips[].version: {result}"
+        );
     }
     let addr = ip["address"].as_str().expect("address");
     assert!(addr.starts_with("198.18.4.") && addr.ends_with("/24"), "{addr}");
@@ -186,7 +196,10 @@ fn gc_through_macvlan_releases_invalid_attachments_and_keeps_valid_ones() {
         (pods[2].att.container_id.clone(), ip_of(&addrs[2])),
     ];
     want.sort();
-    assert_eq!(left, want, "GC must free exactly the attachment missing from valid-attachments");
+    assert_eq!(
+        left, want,
+        "GC must free exactly the attachment missing from valid-attachments"
+    );
 
     for p in &pods {
         topo.macvlan().del(&p.att, &conf).expect("DEL");

@@ -29,7 +29,10 @@ fn fifty_concurrent_adds_get_distinct_addresses_and_fifty_dels_free_everything()
                 s.spawn(move || runner.add(&p.att, conf))
             })
             .collect();
-        handles.into_iter().map(|h| h.join().expect("ADD thread panicked")).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("ADD thread panicked"))
+            .collect()
     });
 
     let mut seen = HashSet::new();
@@ -40,11 +43,18 @@ fn fifty_concurrent_adds_get_distinct_addresses_and_fifty_dels_free_everything()
         let addrs = result_addresses(result);
         assert_eq!(addrs.len(), 1, "{result}");
         let addr = &addrs[0];
-        assert!(addr.starts_with("198.18.8.") && addr.ends_with("/24"), "out of range: {addr}");
+        assert!(
+            addr.starts_with("198.18.8.") && addr.ends_with("/24"),
+            "out of range: {addr}"
+        );
         assert!(seen.insert(addr.clone()), "address {addr} handed out twice");
         let link = pod.ns.expect_link(IFNAME);
         assert_eq!(link.kind.as_deref(), Some("macvlan"));
-        assert_eq!(pod.ns.address_strings(IFNAME), vec![addr.clone()], "link lacks its address");
+        assert_eq!(
+            pod.ns.address_strings(IFNAME),
+            vec![addr.clone()],
+            "link lacks its address"
+        );
     }
     assert_eq!(seen.len(), PODS);
     let held = topo.allocations();
@@ -61,7 +71,10 @@ fn fifty_concurrent_adds_get_distinct_addresses_and_fifty_dels_free_everything()
                 s.spawn(move || runner.del(&p.att, conf))
             })
             .collect();
-        handles.into_iter().map(|h| h.join().expect("DEL thread panicked")).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("DEL thread panicked"))
+            .collect()
     });
     for (pod, r) in pods.iter().zip(dels) {
         r.unwrap_or_else(|e| panic!("DEL of {} failed: {e}", pod.att.container_id));

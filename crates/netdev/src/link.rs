@@ -16,7 +16,7 @@ use netlink_packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL};
 use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage, AddressScope};
 use netlink_packet_route::link::{
     InfoData, InfoKind, InfoMacVlan, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
-    MacVlanMode as NlMacVlanMode, State,
+    LinkProtoInfoBridge, MacVlanMode as NlMacVlanMode, State,
 };
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteMetric, RouteProtocol, RouteScope,
@@ -609,6 +609,22 @@ impl Handle {
         let mut msg = Self::set_msg(index);
         msg.attributes.push(LinkAttribute::Controller(master));
         self.link_req(msg, NLM_F_ACK, "set master", &idx(index))
+    }
+
+    /// Turn hairpin mode on or off for the bridge port `index` (`IFLA_BRPORT_MODE`, what
+    /// `bridge link set dev X hairpin on` sends). A bridge forwards a frame back out of the port
+    /// it came in on only in hairpin mode, which VEPA-mode macvlans behind that port need to
+    /// reach each other.
+    pub fn set_bridge_port_hairpin(&mut self, index: u32, on: bool) -> Result<()> {
+        /// `IFLA_BRPORT_MODE` from `<linux/if_link.h>`.
+        const IFLA_BRPORT_MODE: u16 = 4;
+        let mut msg = Self::set_msg(index);
+        msg.header.interface_family = AddressFamily::Bridge;
+        msg.attributes
+            .push(LinkAttribute::ProtoInfoBridge(vec![LinkProtoInfoBridge::Other(
+                netlink_packet_core::DefaultNla::new(IFLA_BRPORT_MODE, vec![u8::from(on)]),
+            )]));
+        self.link_req(msg, NLM_F_ACK, "set bridge port hairpin", &idx(index))
     }
 
     /// Move a link into another namespace (`IFLA_NET_NS_FD`). Its index may change there.

@@ -39,7 +39,10 @@ pub fn set(ns: &Netns, key: &str, value: &str) -> Result<()> {
 /// Write several keys in one visit to `ns` (one thread and one `setns`), in order; stops at the
 /// first failure.
 pub fn set_many(ns: &Netns, pairs: &[(&str, &str)]) -> Result<()> {
-    let paths = pairs.iter().map(|(k, v)| Ok((key_path(k)?, *v))).collect::<Result<Vec<_>>>()?;
+    let paths = pairs
+        .iter()
+        .map(|(k, v)| Ok((key_path(k)?, *v)))
+        .collect::<Result<Vec<_>>>()?;
     debug!(?pairs, netns = %ns.path().display(), "sysctl set");
     ns.run(|| -> Result<()> {
         for (path, value) in &paths {
@@ -48,7 +51,8 @@ pub fn set_many(ns: &Netns, pairs: &[(&str, &str)]) -> Result<()> {
                 .write(true)
                 .open(path)
                 .map_err(|e| NetdevError::from_io("open sysctl", shown.clone(), e))?;
-            f.write_all(value.as_bytes()).map_err(|e| NetdevError::from_io("write sysctl", shown, e))?;
+            f.write_all(value.as_bytes())
+                .map_err(|e| NetdevError::from_io("write sysctl", shown, e))?;
         }
         Ok(())
     })?

@@ -160,7 +160,8 @@ impl Ns {
     /// Deletes the namespace now (like `ip netns del`).
     pub fn delete(&mut self) {
         if let Some(ns) = self.inner.take() {
-            ns.delete().unwrap_or_else(|e| panic!("delete netns {}: {e}", self.name));
+            ns.delete()
+                .unwrap_or_else(|e| panic!("delete netns {}: {e}", self.name));
         }
     }
 
@@ -241,7 +242,8 @@ impl Ns {
         assert_safe_address(cidr);
         let mut h = self.handle();
         let idx = h.link_index(name).expect("link index");
-        h.add_address(idx, cidr.parse().expect("cidr")).expect("add address");
+        h.add_address(idx, cidr.parse().expect("cidr"))
+            .expect("add address");
     }
 }
 
@@ -285,7 +287,10 @@ pub fn assert_safe_address(cidr: &str) {
             s[0] == 0xfd00 && s[1] == 0x198 && s[2] == 0x18
         }
     };
-    assert!(ok, "test address {cidr} is outside 198.18.0.0/15 and fd00:198:18::/48");
+    assert!(
+        ok,
+        "test address {cidr} is outside 198.18.0.0/15 and fd00:198:18::/48"
+    );
 }
 
 /// The bin dir `netattach install` filled, shared by every topology of this test process and
@@ -351,8 +356,7 @@ impl Output {
 
     /// stdout parsed as JSON (panics with the output when it is not JSON).
     pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:?}"))
+        serde_json::from_slice(&self.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:?}"))
     }
 
     /// `Ok(stdout JSON or Null when empty)` on exit 0; `Err(CniError)` parsed from stdout
@@ -435,7 +439,11 @@ impl Attachment {
 
     /// `default/<pod_name>` when the pod is set.
     pub fn podref(&self) -> Option<String> {
-        Some(format!("{}/{}", self.pod_namespace.as_ref()?, self.pod_name.as_ref()?))
+        Some(format!(
+            "{}/{}",
+            self.pod_namespace.as_ref()?,
+            self.pod_name.as_ref()?
+        ))
     }
 }
 
@@ -480,7 +488,9 @@ impl Runner {
             if let Ok(log) = std::env::var("NETATTACH_LOG") {
                 cmd.env("NETATTACH_LOG", log);
             }
-            let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {}: {e}", exe.display()));
+            let mut child = cmd
+                .spawn()
+                .unwrap_or_else(|e| panic!("spawn {}: {e}", exe.display()));
             {
                 use std::io::Write;
                 let mut si = child.stdin.take().expect("stdin");
@@ -683,7 +693,10 @@ impl Topology {
     /// Deletes the master (and so its veth peer).
     pub fn delete_master(&self) {
         let mut h = self.node.handle();
-        assert!(h.delete_link_by_name(MASTER).expect("delete stor0"), "stor0 was not there");
+        assert!(
+            h.delete_link_by_name(MASTER).expect("delete stor0"),
+            "stor0 was not there"
+        );
     }
 }
 
