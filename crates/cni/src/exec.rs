@@ -5,6 +5,8 @@
 use std::io::{ErrorKind, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::env::{Command, Invocation, join_path};
@@ -45,6 +47,9 @@ fn is_executable(p: &Path) -> bool {
 /// Executes `plugin` with `env` added to the inherited environment and `stdin` as its input.
 /// Returns stdout on exit 0. A failure becomes the plugin's own CNI error when it printed one,
 /// code 104 otherwise; a timeout kills the plugin and is code 11 (try again later).
+///
+/// The caller blocks on the plugin's stdout (which closes when it exits), so there is no
+/// polling delay on the hot path; a watchdog thread kills the plugin at the deadline.
 pub fn exec_plugin(
     plugin: &Path,
     env: &[(String, String)],
@@ -53,25 +58,43 @@ pub fn exec_plugin(
 ) -> Result<Vec<u8>, CniError> {
     let name = plugin.display().to_string();
     let mut child = spawn_with_retry(plugin, env)?;
-    let input = stdin.to_vec();
     let mut child_stdin = child.stdin.take();
-    let writer = std::thread::spawn(move || {
-        if let Some(mut s) = child_stdin.take() {
-            // A plugin that exits without reading its stdin closes the pipe: not our failure.
-            let _ = s.write_all(&input);
-        }
-    });
     let mut child_stdout = child.stdout.take();
-    let reader = std::thread::spawn(move || {
-        let mut out = Vec::new();
-        if let Some(s) = child_stdout.as_mut() {
-            let _ = s.read_to_end(&mut out);
-        }
-        out
-    });
-    let status = wait_with_deadline(&mut child, timeout, &name)?;
-    let _ = writer.join();
-    let stdout = reader.join().unwrap_or_default();
+    let child = Arc::new(Mutex::new(child));
+    let (done, deadline) = mpsc::channel::<()>();
+    let watchdog = {
+        let child = Arc::clone(&child);
+        std::thread::spawn(move || match deadline.recv_timeout(timeout) {
+            Err(RecvTimeoutError::Timeout) => {
+                if let Ok(mut c) = child.lock() {
+                    // Child::kill is a no-op once the child has been reaped.
+                    let _ = c.kill();
+                }
+                true
+            }
+            _ => false,
+        })
+    };
+    // A plugin reads its whole config before it answers; a config larger than the pipe buffer
+    // only blocks until it does. A plugin that exits without reading closes the pipe: not our
+    // failure.
+    if let Some(mut s) = child_stdin.take() {
+        let _ = s.write_all(stdin);
+    }
+    let mut stdout = Vec::new();
+    if let Some(s) = child_stdout.as_mut() {
+        let _ = s.read_to_end(&mut stdout);
+    }
+    let reaped = wait_after_eof(&child, timeout, &name);
+    let _ = done.send(());
+    let killed_by_watchdog = watchdog.join().unwrap_or(false);
+    let (status, killed_lingering) = reaped?;
+    if killed_by_watchdog || killed_lingering {
+        return Err(CniError::try_again(format!(
+            "plugin {name} did not finish within {}s and was killed; fix: check what it waits for (its log), then retry",
+            timeout.as_secs()
+        )));
+    }
     if status.success() {
         return Ok(stdout);
     }
@@ -86,6 +109,37 @@ pub fn exec_plugin(
             String::from_utf8_lossy(&stdout).trim()
         ),
     ))
+}
+
+/// Reaps the plugin once its stdout has closed. It normally exits right then; one that closed
+/// stdout and lingers is waited for until the deadline and then killed (`true`).
+fn wait_after_eof(
+    child: &Mutex<Child>,
+    timeout: Duration,
+    name: &str,
+) -> Result<(std::process::ExitStatus, bool), CniError> {
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_micros(20);
+    loop {
+        let mut c = child
+            .lock()
+            .map_err(|_| CniError::internal(format!("plugin {name}: lock poisoned")))?;
+        match c.try_wait() {
+            Ok(Some(status)) => return Ok((status, false)),
+            Ok(None) if Instant::now() >= deadline => {
+                let _ = c.kill();
+                let status = c
+                    .wait()
+                    .map_err(|e| CniError::io(format!("waiting for plugin {name}: {e}")))?;
+                return Ok((status, true));
+            }
+            Ok(None) => {}
+            Err(e) => return Err(CniError::io(format!("waiting for plugin {name}: {e}"))),
+        }
+        drop(c);
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(5));
+    }
 }
 
 fn spawn_with_retry(plugin: &Path, env: &[(String, String)]) -> Result<Child, CniError> {
@@ -113,32 +167,6 @@ fn spawn_with_retry(plugin: &Path, env: &[(String, String)]) -> Result<Child, Cn
         }
     }
     Err(CniError::internal("unreachable retry loop"))
-}
-
-fn wait_with_deadline(
-    child: &mut Child,
-    timeout: Duration,
-    name: &str,
-) -> Result<std::process::ExitStatus, CniError> {
-    let deadline = Instant::now() + timeout;
-    let mut pause = Duration::from_micros(50);
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) => return Ok(status),
-            Ok(None) => {}
-            Err(e) => return Err(CniError::io(format!("waiting for plugin {name}: {e}"))),
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(CniError::try_again(format!(
-                "plugin {name} did not finish within {}s and was killed; fix: check what it waits for (its log), then retry",
-                timeout.as_secs()
-            )));
-        }
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(5));
-    }
 }
 
 /// Calls a delegated plugin (normally IPAM) the way the spec says: same stdin, same
@@ -229,6 +257,16 @@ mod tests {
         let p = script(d.path(), "crashes", "echo boom >&2; exit 3");
         let err = exec_plugin(&p, &[], b"{}", DEFAULT_TIMEOUT).expect_err("fails");
         assert_eq!(err.code, code::DELEGATE_FAILED);
+    }
+
+    #[test]
+    fn kills_a_plugin_that_closes_stdout_and_lingers() {
+        let d = tempfile::tempdir().expect("tmp");
+        let p = script(d.path(), "lingers", "exec >&-; exec sleep 30");
+        let started = Instant::now();
+        let err = exec_plugin(&p, &[], b"{}", Duration::from_millis(200)).expect_err("killed");
+        assert_eq!(err.code, code::TRY_AGAIN_LATER);
+        assert!(started.elapsed() < Duration::from_secs(20));
     }
 
     #[test]

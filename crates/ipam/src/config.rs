@@ -458,7 +458,11 @@ pub fn suggest<'a>(key: &str, known: &[&'a str]) -> Option<&'a str> {
 /// (`Range_Start` is `range_start`). Two spellings of one key in one object are an error.
 pub fn canonicalize_keys(ipam: &mut Map<String, Value>, path: &str) -> Result<(), ConfigError> {
     rename_to_known(ipam, path, IPAM_KEYS)?;
-    for (key, known) in [("ipRanges", RANGE_KEYS), ("routes", ROUTE_KEYS), ("addresses", ADDRESS_KEYS)] {
+    for (key, known) in [
+        ("ipRanges", RANGE_KEYS),
+        ("routes", ROUTE_KEYS),
+        ("addresses", ADDRESS_KEYS),
+    ] {
         if let Some(Value::Array(items)) = ipam.get_mut(key) {
             for (i, item) in items.iter_mut().enumerate() {
                 if let Value::Object(m) = item {
@@ -479,7 +483,12 @@ fn rename_to_known(map: &mut Map<String, Value>, path: &str, known: &[&str]) -> 
     let renames: Vec<(String, &str)> = map
         .keys()
         .filter(|k| !known.contains(&k.as_str()))
-        .filter_map(|k| known.iter().find(|want| want.eq_ignore_ascii_case(k)).map(|want| (k.clone(), *want)))
+        .filter_map(|k| {
+            known
+                .iter()
+                .find(|want| want.eq_ignore_ascii_case(k))
+                .map(|want| (k.clone(), *want))
+        })
         .collect();
     for (from, to) in renames {
         if map.contains_key(to) {

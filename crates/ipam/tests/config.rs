@@ -396,7 +396,10 @@ fn keys_in_another_letter_case_are_read_like_go_does() {
     assert_eq!(cfg.ranges[1].cidr.to_string(), "fd00::/64");
     assert_eq!(cfg.kubeconfig.as_deref(), Some(std::path::Path::new("/etc/k")));
 
-    let both = json!({"name": "n", "ipam": {"type": "whereabouts", "range": "10.0.0.0/24", "Range": "10.0.1.0/24"}});
-    let e = IpamConfig::from_netconf_with(&both, &FlatFileSearch::none()).expect_err("two spellings").to_string();
+    let both =
+        json!({"name": "n", "ipam": {"type": "whereabouts", "range": "10.0.0.0/24", "Range": "10.0.1.0/24"}});
+    let e = IpamConfig::from_netconf_with(&both, &FlatFileSearch::none())
+        .expect_err("two spellings")
+        .to_string();
     assert!(e.contains("`Range`") && e.contains("`range`"), "{e}");
 }

@@ -492,3 +492,48 @@ fn link_flags_up_and_lower_up_follow_the_master() {
     assert!(!link.oper_up);
     del_ok(&topo, &pod, &conf);
 }
+
+/// An IPAM plugin that is not this binary is executed as the spec says (same stdin, same
+/// environment, CNI_COMMAND replaced): here our macvlan with the reference host-local. The
+/// in-process shortcut applies only to `whereabouts` when it is this very file.
+#[test]
+fn executes_an_ipam_plugin_that_is_not_itself() {
+    let reference = std::path::Path::new("/usr/lib/cni/host-local");
+    assert!(
+        reference.exists(),
+        "this test needs the reference plugins: apt-get install containernetworking-plugins"
+    );
+    let topo = Topology::new();
+    let pod = topo.pod("p-hostlocal");
+    let data = tempfile::tempdir().expect("host-local data dir");
+    let mut mv = topo.macvlan();
+    mv.cni_path = format!("{}:/usr/lib/cni", mv.cni_path.display()).into();
+    let conf = json!({
+        "cniVersion": "1.0.0", "name": "hl", "type": "macvlan", "master": MASTER,
+        "ipam": {"type": "host-local", "dataDir": data.path().display().to_string(),
+                 "ranges": [[{"subnet": "198.18.9.0/24"}]]}
+    });
+    let result = mv
+        .add(&pod.att, &conf)
+        .unwrap_or_else(|e| panic!("ADD failed: {e}"));
+    let addrs = result_addresses(&result);
+    assert_eq!(addrs.len(), 1, "{result}");
+    assert!(addrs[0].starts_with("198.18.9."), "{addrs:?}");
+    assert!(
+        pod.ns.address_strings(IFNAME).contains(&addrs[0]),
+        "address not on {IFNAME}"
+    );
+    let held = std::fs::read_dir(data.path().join("hl"))
+        .expect("host-local wrote its network dir")
+        .count();
+    assert!(held >= 1, "host-local holds no reservation");
+    mv.del(&pod.att, &conf)
+        .unwrap_or_else(|e| panic!("DEL failed: {e}"));
+    assert!(pod.ns.link(IFNAME).is_none());
+    let left: Vec<String> = std::fs::read_dir(data.path().join("hl"))
+        .expect("read data dir")
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .filter(|n| n.parse::<std::net::IpAddr>().is_ok())
+        .collect();
+    assert!(left.is_empty(), "host-local still holds {left:?}");
+}

@@ -3,6 +3,7 @@
 //! * [`macvlan`]: the `macvlan` plugin, config-compatible with the reference plugin.
 //! * [`whereabouts`]: the `whereabouts` IPAM plugin, config-compatible with whereabouts.
 //! * [`errors`]: the one place where library errors become CNI error codes.
+//! * [`ipam_delegate`]: calling the IPAM plugin (in-process when it is this binary).
 //! * [`install`]: installing the multi-call binary into a CNI bin dir, atomically.
 //! * [`ipam_report`]: `netattach ipam ls`.
 //!
@@ -10,6 +11,7 @@
 
 pub mod errors;
 pub mod install;
+pub mod ipam_delegate;
 pub mod ipam_report;
 pub mod macvlan;
 pub mod whereabouts;

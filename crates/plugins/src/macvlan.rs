@@ -15,13 +15,13 @@ use std::time::{Duration, Instant};
 
 use netattach_cni::Command;
 use netattach_cni::error::{CniError, code};
-use netattach_cni::exec::{DEFAULT_TIMEOUT, delegate};
 use netattach_cni::result::{CniResult, Dns, Interface};
 use netattach_cni::skel::{Plugin, Request};
 use netattach_netdev::{Handle, Link, MacAddr, MacvlanMode, MacvlanSpec, Netns, sysctl};
 use serde_json::Value;
 
 use crate::errors::{collect, from_netdev};
+use crate::ipam_delegate;
 
 /// The macvlan plugin.
 #[derive(Debug, Default, Clone, Copy)]
@@ -327,7 +327,7 @@ impl Plugin for Macvlan {
         let mut errors = Vec::new();
         match req.conf.ipam_type() {
             Ok(Some(t)) => {
-                if let Err(e) = delegate(Command::Del, t, &req.conf.bytes, &req.inv, DEFAULT_TIMEOUT) {
+                if let Err(e) = ipam_delegate::call(Command::Del, t, req) {
                     errors.push(e);
                 }
             }
@@ -350,7 +350,7 @@ impl Plugin for Macvlan {
             )
         })?;
         if let Some(t) = req.conf.ipam_type()? {
-            delegate(Command::Check, t, &req.conf.bytes, &req.inv, DEFAULT_TIMEOUT)?;
+            ipam_delegate::call(Command::Check, t, req)?;
         }
         let target = open_netns(req)?;
         let ns_path = target.path().display().to_string();
@@ -424,7 +424,7 @@ impl Plugin for Macvlan {
             })?;
         }
         if let Some(t) = req.conf.ipam_type()? {
-            delegate(Command::Status, t, &req.conf.bytes, &req.inv, DEFAULT_TIMEOUT)?;
+            ipam_delegate::call(Command::Status, t, req)?;
         }
         Ok(())
     }
@@ -433,7 +433,7 @@ impl Plugin for Macvlan {
         // The reference plugin does not forward GC; the spec says it MUST, and whereabouts-style
         // IPAM relies on it.
         if let Some(t) = req.conf.ipam_type()? {
-            delegate(Command::Gc, t, &req.conf.bytes, &req.inv, DEFAULT_TIMEOUT)?;
+            ipam_delegate::call(Command::Gc, t, req)?;
         }
         Ok(())
     }
@@ -493,23 +493,11 @@ fn attach(
     };
 
     // 2. IPAM.
-    let ipam = delegate(
-        Command::Add,
-        ipam_type,
-        &req.conf.bytes,
-        &req.inv,
-        DEFAULT_TIMEOUT,
-    )?
-    .ok_or_else(|| CniError::internal("IPAM ADD returned no result"))?;
+    let ipam = ipam_delegate::call(Command::Add, ipam_type, req)?
+        .ok_or_else(|| CniError::internal("IPAM ADD returned no result"))?;
     let configured = configure_addresses(conf, target, ctr, &link, ifname, ipam, &mut result);
     if let Err(e) = configured {
-        if let Err(del) = delegate(
-            Command::Del,
-            ipam_type,
-            &req.conf.bytes,
-            &req.inv,
-            DEFAULT_TIMEOUT,
-        ) {
+        if let Err(del) = ipam_delegate::call(Command::Del, ipam_type, req) {
             tracing::error!(error = %del, "cleanup: IPAM DEL after failed ADD failed");
             return Err(CniError::new(
                 e.code,

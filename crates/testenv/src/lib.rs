@@ -215,7 +215,7 @@ fn unique_name(prefix: &str) -> String {
         prefix.pop();
     }
     if prefix.is_empty() || !prefix.starts_with(|c: char| c.is_ascii_lowercase()) {
-        prefix.insert_str(0, "t");
+        prefix.insert(0, 't');
     }
     format!("{prefix}-{}-{t}-{n}", std::process::id())
 }
