@@ -49,7 +49,7 @@ use crate::meta_config::{MetaConfig, PLUGIN_TYPE};
 use crate::util::ifname_problem;
 
 /// The pod, as far as resolution needs it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PodInfo {
     /// Namespace.
     pub namespace: String,
@@ -62,7 +62,7 @@ pub struct PodInfo {
 }
 
 /// A NetworkAttachmentDefinition, as far as resolution needs it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Nad {
     /// Namespace.
     pub namespace: String,

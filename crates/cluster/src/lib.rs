@@ -12,7 +12,8 @@
 //! - [`record`]: the durable local record of what ADD did, so DEL can undo it;
 //! - [`multus_cache`]: reading the scratch cache Multus left behind, so DEL cleans up pods that
 //!   Multus created;
-//! - [`local_source`]: NetworkAttachmentDefinitions from YAML files, for the lab.
+//! - [`local_source`]: NetworkAttachmentDefinitions from YAML files, for the lab;
+//! - [`daemon_api`]: the node daemon's unix-socket protocol, shared by shim and daemon.
 //!
 //! There is no Kubernetes client and no netlink here. The only file I/O is
 //! [`delegates::DirConfSource`] (CNI config files), [`record`] (the attachment record),
@@ -24,6 +25,7 @@
 )]
 
 pub mod annotation;
+pub mod daemon_api;
 pub mod delegates;
 pub mod error;
 pub mod local_source;
