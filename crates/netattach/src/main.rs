@@ -16,7 +16,15 @@ use netattach_ipam::store::Store;
 /// netattach: secondary pod networks (macvlan + cluster-wide IPAM) for Kubernetes, with a lab
 /// that proves the network works before anything depends on it.
 #[derive(Parser, Debug)]
-#[command(name = "netattach", version, about, long_about = None)]
+#[command(
+    name = "netattach",
+    version,
+    about,
+    after_help = "As a CNI plugin: `netattach install --bin-dir DIR` links this binary as DIR/macvlan and \
+                  DIR/whereabouts; invoked under those names with CNI_COMMAND set it speaks the CNI protocol \
+                  (stdin config, CNI_* environment, result or error on stdout). Logs go to stderr; set \
+                  NETATTACH_LOG=debug for more."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
