@@ -5,7 +5,9 @@
 //! `clusterNetwork`, `defaultNetworks`, `systemNamespaces`, `multusNamespace`,
 //! `namespaceIsolation`, `globalNamespaces` (a comma-separated string as in Multus, or a list),
 //! `binDir`, `confDir`, `cniDir`, `readinessindicatorfile`, `logLevel`, `logFile`; plus our
-//! `daemonSocket` and the CNI-reserved keys (`capabilities`, `runtimeConfig`, `prevResult`,
+//! `daemonSocket`, `daemonTimeoutSeconds`, `readinessTimeoutSeconds`, `multusCacheDir`,
+//! `localSource` (the lab's file-backed pod and NAD source, instead of the daemon) and the
+//! CNI-reserved keys (`capabilities`, `runtimeConfig`, `prevResult`,
 //! `args`, `cni.dev/*`, `cniVersions`, `disableCheck`, `disableGC`).
 //!
 //! Deliberate differences from Multus:
@@ -22,6 +24,7 @@
 
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::time::Duration;
 
 use serde_json::{Map, Value};
 
@@ -29,6 +32,7 @@ use netattach_cni::Version;
 use netattach_cni::error::code;
 
 use crate::error::ConfigError;
+use crate::multus_cache::DEFAULT_MULTUS_CACHE_DIR;
 use crate::util::nearest;
 
 /// The CNI `type` of the meta-plugin.
@@ -43,6 +47,12 @@ pub const DEFAULT_CNI_DIR: &str = "/var/lib/cni/netattach";
 pub const DEFAULT_BIN_DIR: &str = "/opt/cni/bin";
 /// Default `daemonSocket`.
 pub const DEFAULT_DAEMON_SOCKET: &str = "/run/netattach/daemon.sock";
+/// Default `daemonTimeoutSeconds`: how long ADD retries an unreachable or unready daemon.
+pub const DEFAULT_DAEMON_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default `readinessTimeoutSeconds`: how long ADD waits for `readinessindicatorfile` (Multus: 45 s).
+pub const DEFAULT_READINESS_TIMEOUT: Duration = Duration::from_secs(45);
+/// Largest accepted `*TimeoutSeconds` value.
+const MAX_TIMEOUT_SECONDS: f64 = 600.0;
 
 const SOURCE: &str = "netattach config";
 
@@ -64,6 +74,10 @@ pub const KNOWN_KEYS: &[&str] = &[
     "logLevel",
     "logFile",
     "daemonSocket",
+    "daemonTimeoutSeconds",
+    "readinessTimeoutSeconds",
+    "multusCacheDir",
+    "localSource",
     "capabilities",
     "runtimeConfig",
     "prevResult",
@@ -170,6 +184,15 @@ pub struct MetaConfig {
     pub log_file: Option<PathBuf>,
     /// `daemonSocket`.
     pub daemon_socket: PathBuf,
+    /// `daemonTimeoutSeconds`: how long ADD retries a daemon that is unreachable or not ready.
+    pub daemon_timeout: Duration,
+    /// `readinessTimeoutSeconds`: how long ADD waits for `readinessindicatorfile`.
+    pub readiness_timeout: Duration,
+    /// `multusCacheDir`: where DEL looks for a legacy Multus scratch cache.
+    pub multus_cache_dir: PathBuf,
+    /// `localSource`: a directory with `nads/*.yaml` and `pods/<ns>/<name>.json` used instead
+    /// of the node daemon (the lab and tests). `None`: Kubernetes mode (the daemon).
+    pub local_source: Option<PathBuf>,
     /// `capabilities` (the runtime decides what to pass from these).
     pub capabilities: Map<String, Value>,
     /// `runtimeConfig` as the runtime passed it (goes to the cluster network only).
@@ -196,6 +219,10 @@ impl Default for MetaConfig {
             log_level: LogLevel::default(),
             log_file: None,
             daemon_socket: DEFAULT_DAEMON_SOCKET.into(),
+            daemon_timeout: DEFAULT_DAEMON_TIMEOUT,
+            readiness_timeout: DEFAULT_READINESS_TIMEOUT,
+            multus_cache_dir: DEFAULT_MULTUS_CACHE_DIR.into(),
+            local_source: None,
             capabilities: Map::new(),
             runtime_config: Map::new(),
             raw: Map::new(),
@@ -258,6 +285,20 @@ fn string_list(field: &str, v: &Value) -> Result<Vec<String>, ConfigError> {
             })
         })
         .collect()
+}
+
+fn seconds(field: &str, v: &Value) -> Result<Duration, ConfigError> {
+    v.as_f64()
+        .filter(|s| s.is_finite() && (0.0..=MAX_TIMEOUT_SECONDS).contains(s))
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| {
+            err(
+                field,
+                Some(v),
+                "is not a number of seconds from 0 to 600",
+                format!("write \"{field}\": 10 (fractions like 0.5 are allowed)"),
+            )
+        })
 }
 
 fn boolean(field: &str, v: &Value) -> Result<bool, ConfigError> {
@@ -390,6 +431,13 @@ impl MetaConfig {
                     c.log_file = if s.is_empty() { None } else { Some(path(k, v)?) };
                 }
                 "daemonSocket" => c.daemon_socket = path(k, v)?,
+                "daemonTimeoutSeconds" => c.daemon_timeout = seconds(k, v)?,
+                "readinessTimeoutSeconds" => c.readiness_timeout = seconds(k, v)?,
+                "multusCacheDir" => c.multus_cache_dir = path(k, v)?,
+                "localSource" => {
+                    let s = string(k, v)?;
+                    c.local_source = if s.is_empty() { None } else { Some(path(k, v)?) };
+                }
                 "capabilities" => {
                     c.capabilities = v.as_object().cloned().ok_or_else(|| {
                         err(
@@ -488,6 +536,10 @@ mod tests {
         assert_eq!(c.conf_dir, PathBuf::from("/etc/cni/net.d"));
         assert_eq!(c.cni_dir, PathBuf::from("/var/lib/cni/netattach"));
         assert_eq!(c.daemon_socket, PathBuf::from("/run/netattach/daemon.sock"));
+        assert_eq!(c.daemon_timeout, DEFAULT_DAEMON_TIMEOUT);
+        assert_eq!(c.readiness_timeout, Duration::from_secs(45));
+        assert_eq!(c.multus_cache_dir, PathBuf::from("/var/lib/cni/multus"));
+        assert!(c.local_source.is_none());
         assert_eq!(c.system_namespaces, vec!["kube-system"]);
         assert_eq!(c.global_namespaces, vec!["default"]);
         assert_eq!(c.multus_namespace, "kube-system");
@@ -528,6 +580,36 @@ mod tests {
             parse(r#"{"cniVersion":"1.1.0","name":"n","type":"netattach","readinessIndicatorFile":"/x"}"#)
                 .expect("ok");
         assert_eq!(camel.readiness_indicator_file, Some(PathBuf::from("/x")));
+    }
+
+    #[test]
+    fn netattach_keys() {
+        let c = parse(
+            r#"{"cniVersion":"1.1.0","name":"n","type":"netattach","localSource":"/tmp/lab",
+                "multusCacheDir":"/tmp/multus","daemonTimeoutSeconds":0.5,"readinessTimeoutSeconds":2}"#,
+        )
+        .expect("ok");
+        assert_eq!(c.local_source, Some(PathBuf::from("/tmp/lab")));
+        assert_eq!(c.multus_cache_dir, PathBuf::from("/tmp/multus"));
+        assert_eq!(c.daemon_timeout, Duration::from_millis(500));
+        assert_eq!(c.readiness_timeout, Duration::from_secs(2));
+        let empty =
+            parse(r#"{"cniVersion":"1.1.0","name":"n","type":"netattach","localSource":""}"#).expect("ok");
+        assert!(empty.local_source.is_none());
+        for bad in [
+            r#""daemonTimeoutSeconds":-1"#,
+            r#""daemonTimeoutSeconds":"10""#,
+            r#""readinessTimeoutSeconds":601"#,
+            r#""localSource":"relative""#,
+            r#""multusCacheDir":3"#,
+        ] {
+            let e = parse(&format!(
+                r#"{{"cniVersion":"1.1.0","name":"n","type":"netattach",{bad}}}"#
+            ))
+            .expect_err(bad);
+            assert_eq!(e.code, code::INVALID_NETWORK_CONFIG, "{e}");
+            assert!(e.to_string().contains("fix:"), "{e}");
+        }
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //!
 //! * [`macvlan`]: the `macvlan` plugin, config-compatible with the reference plugin.
 //! * [`whereabouts`]: the `whereabouts` IPAM plugin, config-compatible with whereabouts.
+//! * [`meta`]: the `netattach` meta-plugin (Multus-compatible delegation).
 //! * [`errors`]: the one place where library errors become CNI error codes.
 //! * [`ipam_delegate`]: calling the IPAM plugin (in-process when it is this binary).
 //! * [`install`]: installing the multi-call binary into a CNI bin dir, atomically.
@@ -14,6 +15,7 @@ pub mod install;
 pub mod ipam_delegate;
 pub mod ipam_report;
 pub mod macvlan;
+pub mod meta;
 pub mod whereabouts;
 
 use netattach_cni::skel::Plugin;
@@ -23,6 +25,7 @@ pub fn plugin_for(name: &str) -> Option<Box<dyn Plugin>> {
     match name {
         "macvlan" => Some(Box::new(macvlan::Macvlan)),
         "whereabouts" => Some(Box::new(whereabouts::Whereabouts::default())),
+        "netattach" => Some(Box::new(meta::Meta)),
         _ => None,
     }
 }
