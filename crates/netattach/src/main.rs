@@ -8,7 +8,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use netattach_cni::error::CniError;
 use netattach_ipam::config::DEFAULT_LOCAL_DIR;
 use netattach_ipam::local::FileStore;
 use netattach_ipam::store::Store;
@@ -116,18 +115,19 @@ fn init_logging(default: &str) {
 
 fn main() -> ExitCode {
     let name = invoked_as();
-    if let Some(plugin) = netattach_plugins::plugin_for(&name) {
+    let cni_call = std::env::var_os("CNI_COMMAND").is_some_and(|c| !c.is_empty());
+    // `netattach` (or any other name) with CNI_COMMAND set is the meta-plugin; without it, the CLI.
+    let face = match name.as_str() {
+        "netattach" if !cni_call => None,
+        n => netattach_plugins::plugin_for(n).or_else(|| {
+            cni_call
+                .then(|| netattach_plugins::plugin_for("netattach"))
+                .flatten()
+        }),
+    };
+    if let Some(plugin) = face {
         init_logging("warn");
         return exit(netattach_cni::skel::run(plugin.as_ref()));
-    }
-    if std::env::var_os("CNI_COMMAND").is_some_and(|c| !c.is_empty()) {
-        init_logging("warn");
-        let err = CniError::invalid_config(
-            "type `netattach` (the meta-plugin) is not available in this build yet; fix: use the `macvlan` and \
-             `whereabouts` plugins directly",
-        );
-        println!("{}", err.to_json(None));
-        return ExitCode::FAILURE;
     }
     init_logging("info");
     let cli = Cli::parse();
