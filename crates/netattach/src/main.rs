@@ -50,6 +50,10 @@ enum Cmd {
         #[command(subcommand)]
         command: IpamCmd,
     },
+    /// Run the node daemon (one per node): watch caches of this node's pods and all NADs, the
+    /// root-only unix socket the shims ask, network-status publishing, /metrics. Stops on
+    /// SIGTERM or SIGINT.
+    Daemon(netattach_daemon::DaemonArgs),
 }
 
 #[derive(Args, Debug)]
@@ -158,6 +162,10 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
         } => {
             let allocations = FileStore::new(&local_dir)?.allocations()?;
             print!("{}", netattach_plugins::ipam_report::render(&allocations, json));
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Daemon(args) => {
+            netattach_daemon::run(args)?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Lab(args) => match args.action {

@@ -1,0 +1,309 @@
+//! The unix-socket API for the shims (`netattach_cluster::daemon_api`): one request per
+//! connection, one newline-terminated JSON message each way.
+//!
+//! - `Resolve` is answered from the caches only;
+//! - `PublishStatus` makes exactly one API call: a JSON merge patch of the network-status
+//!   annotation through `pods/status` (as Multus does), with `metadata.uid` in the patch as a
+//!   precondition when the uid is known (the apiserver refuses a patch whose uid differs);
+//! - `Ready` is `Ok` once both caches have synced.
+//!
+//! Every transient failure is CNI code 11 ("try again later"); a request that does not parse
+//! is code 6 (decoding failure).
+
+use std::io;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Client};
+use netattach_cluster::annotation::NETWORK_STATUS_ANNOTATION;
+use netattach_cluster::daemon_api::{MAX_MESSAGE, Request, Response, read_message, write_message};
+use netattach_cluster::status::{NetworkStatus, to_annotation};
+use netattach_cni::error::code;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::cache::{self, Caches};
+use crate::error::Error;
+use crate::metrics::Metrics;
+
+/// How long a client may take to send its request.
+pub const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the request handlers share.
+pub struct State {
+    /// The watch caches.
+    pub caches: Caches,
+    /// The API client (for `PublishStatus` only).
+    pub client: Client,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Upper bound of one `PublishStatus` API call.
+    pub publish_timeout: Duration,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("caches", &self.caches)
+            .field("publish_timeout", &self.publish_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Prepares the socket: a 0700 directory (created if missing; an existing one must not be
+/// accessible to group or others), no stale socket, a fresh socket with mode 0600.
+pub fn bind(path: &Path) -> Result<UnixListener, Error> {
+    let fail = |message: String| Error::Socket {
+        path: path.to_path_buf(),
+        message,
+    };
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .ok_or_else(|| fail("the path has no directory".into()))?;
+    match std::fs::metadata(dir) {
+        Ok(m) if !m.is_dir() => return Err(fail(format!("{} is not a directory", dir.display()))),
+        Ok(m) if m.permissions().mode() & 0o077 != 0 => {
+            return Err(fail(format!(
+                "directory {} has mode {:o}, so others could reach the socket; fix: chmod 0700 {0} or choose \
+                 another --socket",
+                dir.display(),
+                m.permissions().mode() & 0o7777
+            )));
+        }
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| fail(format!("creating directory {}: {e}", dir.display())))?;
+            // `mode` is filtered by the umask; make it exact.
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| fail(format!("chmod 0700 {}: {e}", dir.display())))?;
+        }
+        Err(e) => return Err(fail(format!("reading directory {}: {e}", dir.display()))),
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(fail(
+                    "another daemon is listening on it; fix: stop it, or choose another --socket".into(),
+                ));
+            }
+            std::fs::remove_file(path).map_err(|e| fail(format!("removing the stale socket: {e}")))?;
+            tracing::info!(socket = %path.display(), "removed a stale socket");
+        }
+        Ok(_) => {
+            return Err(fail(
+                "exists and is not a socket; fix: remove it or choose another --socket".into(),
+            ));
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(fail(e.to_string())),
+    }
+    let listener = UnixListener::bind(path).map_err(|e| fail(format!("bind: {e}")))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| fail(format!("chmod 0600: {e}")))?;
+    Ok(listener)
+}
+
+/// Serves one connection: reads a request, answers, closes.
+pub async fn serve_connection(state: Arc<State>, stream: UnixStream) {
+    let _guard = state.metrics.start_request();
+    // Failures to read are timed from the accept; answers from the moment the request is in.
+    let mut started = Instant::now();
+    let (read_half, mut write_half) = stream.into_split();
+    let mut line = Vec::new();
+    let read = tokio::time::timeout(
+        REQUEST_READ_TIMEOUT,
+        BufReader::new(read_half.take(MAX_MESSAGE)).read_until(b'\n', &mut line),
+    )
+    .await;
+    let (op, response) = match read {
+        Err(_) => {
+            state
+                .metrics
+                .observe("invalid", started.elapsed(), Some(code::DECODING_FAILURE));
+            tracing::debug!("a client sent no request within {REQUEST_READ_TIMEOUT:?}");
+            return;
+        }
+        Ok(Err(e)) => {
+            state
+                .metrics
+                .observe("invalid", started.elapsed(), Some(code::IO_FAILURE));
+            tracing::debug!(error = %e, "reading a request failed");
+            return;
+        }
+        Ok(Ok(_)) => {
+            started = Instant::now();
+            match read_message::<Request>(line.as_slice()) {
+                Ok(request) => handle(&state, request).await,
+                Err(e) => (
+                    "invalid",
+                    Response::Error {
+                        code: code::DECODING_FAILURE,
+                        message: format!(
+                            "the daemon could not decode the request: {e}; fix: use a shim of the same netattach version"
+                        ),
+                    },
+                ),
+            }
+        }
+    };
+    let error_code = match &response {
+        Response::Error { code, .. } => Some(*code),
+        _ => None,
+    };
+    let mut bytes = Vec::new();
+    let written = match write_message(&mut bytes, &response) {
+        Ok(()) => write_half.write_all(&bytes).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = written {
+        tracing::debug!(error = %e, "writing a response failed (client gone?)");
+    }
+    let _ = write_half.shutdown().await;
+    state.metrics.observe(op, started.elapsed(), error_code);
+}
+
+async fn handle(state: &State, request: Request) -> (&'static str, Response) {
+    match request {
+        Request::Ready => (
+            "ready",
+            if state.metrics.synced() {
+                Response::Ok
+            } else {
+                not_synced()
+            },
+        ),
+        Request::Resolve {
+            namespace,
+            name,
+            uid,
+            extra,
+        } => {
+            if !state.metrics.synced() {
+                return ("resolve", not_synced());
+            }
+            let pod = state.caches.pod(&namespace, &name);
+            let response = cache::resolve(pod, uid.as_deref(), &extra, |ns, n| state.caches.nad(ns, n));
+            tracing::debug!(%namespace, %name, ?response, "resolve");
+            ("resolve", response)
+        }
+        Request::PublishStatus {
+            namespace,
+            name,
+            uid,
+            status,
+        } => (
+            "publish_status",
+            publish_status(state, &namespace, &name, uid.as_deref(), &status).await,
+        ),
+    }
+}
+
+fn not_synced() -> Response {
+    Response::Error {
+        code: code::TRY_AGAIN_LATER,
+        message: "the netattach daemon's watch caches have not synced yet; retry".into(),
+    }
+}
+
+/// The merge patch `PublishStatus` sends.
+pub fn status_patch(
+    uid: Option<&str>,
+    status: &[NetworkStatus],
+) -> Result<serde_json::Value, serde_json::Error> {
+    let mut meta = serde_json::Map::new();
+    if let Some(uid) = uid.filter(|u| !u.is_empty()) {
+        meta.insert("uid".into(), uid.into());
+    }
+    meta.insert(
+        "annotations".into(),
+        serde_json::json!({ NETWORK_STATUS_ANNOTATION: to_annotation(status)? }),
+    );
+    Ok(serde_json::json!({ "metadata": meta }))
+}
+
+async fn publish_status(
+    state: &State,
+    namespace: &str,
+    name: &str,
+    uid: Option<&str>,
+    status: &[NetworkStatus],
+) -> Response {
+    let patch = match status_patch(uid, status) {
+        Ok(p) => p,
+        Err(e) => {
+            return Response::Error {
+                code: code::DECODING_FAILURE,
+                message: format!("encoding the network-status of pod {namespace}/{name}: {e}"),
+            };
+        }
+    };
+    let api: Api<Pod> = Api::namespaced(state.client.clone(), namespace);
+    let params = PatchParams::default();
+    let patch = Patch::Merge(&patch);
+    let call = api.patch_status(name, &params, &patch);
+    let result = tokio::time::timeout(state.publish_timeout, call).await;
+    let message = match result {
+        Ok(Ok(_)) => {
+            tracing::info!(%namespace, %name, interfaces = status.len(), "published network-status");
+            return Response::Ok;
+        }
+        Ok(Err(kube::Error::Api(s))) => format!("{} ({}, HTTP {})", s.message, s.reason, s.code),
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => format!("no answer from the API within {:?}", state.publish_timeout),
+    };
+    tracing::warn!(%namespace, %name, error = %message, "publishing network-status failed");
+    Response::Error {
+        code: code::TRY_AGAIN_LATER,
+        message: format!("writing the network-status annotation of pod {namespace}/{name}: {message}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_patch_carries_the_uid_precondition_and_the_exact_annotation() -> Result<(), serde_json::Error> {
+        let status: Vec<NetworkStatus> = serde_json::from_str(
+            r#"[{"name":"cbr0","interface":"eth0","ips":["10.42.0.5"],"default":true}]"#,
+        )?;
+        let p = status_patch(Some("u1"), &status)?;
+        assert_eq!(p["metadata"]["uid"], "u1");
+        assert_eq!(
+            p["metadata"]["annotations"][NETWORK_STATUS_ANNOTATION],
+            to_annotation(&status)?
+        );
+        let p = status_patch(None, &status)?;
+        assert!(p["metadata"].get("uid").is_none());
+        Ok(())
+    }
+
+    #[test]
+    fn bind_refuses_an_open_directory_and_a_regular_file() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
+        let err = bind(&dir.path().join("d.sock"))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("chmod 0700"), "{err}");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))?;
+        std::fs::write(dir.path().join("f"), "x")?;
+        let err = bind(&dir.path().join("f"))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("not a socket"), "{err}");
+        Ok(())
+    }
+}
