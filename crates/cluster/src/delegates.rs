@@ -488,7 +488,7 @@ fn plugin_types(conflist: &Map<String, Value>) -> Vec<&str> {
 }
 
 /// Capabilities some plugin of the conflist declares (`capabilities: {cap: true}`).
-fn declared_capabilities(conflist: &Map<String, Value>) -> Vec<String> {
+pub(crate) fn declared_capabilities(conflist: &Map<String, Value>) -> Vec<String> {
     let mut caps: Vec<String> = Vec::new();
     for p in conflist
         .get("plugins")

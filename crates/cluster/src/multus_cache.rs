@@ -169,28 +169,6 @@ fn conflist_of(d: &DelegateNetConf, source: &str, cni_version: &str) -> Result<M
     ))
 }
 
-fn declared(conflist: &Map<String, Value>) -> Vec<String> {
-    let mut caps = Vec::new();
-    for p in conflist
-        .get("plugins")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        for (k, v) in p
-            .get("capabilities")
-            .and_then(Value::as_object)
-            .into_iter()
-            .flatten()
-        {
-            if v.as_bool() == Some(true) && !caps.contains(k) {
-                caps.push(k.clone());
-            }
-        }
-    }
-    caps
-}
-
 /// Converts the contents of a Multus cache file into recorded delegates for DEL.
 /// `source` names the file in errors; `cni_ifname` is the DEL's `CNI_IFNAME`; `cni_version`
 /// back-fills configs without one (Multus uses its own config's version).
@@ -221,7 +199,7 @@ pub fn parse(
         };
         let mut runtime_config = Map::new();
         if !master {
-            let caps = declared(&conflist);
+            let caps = crate::delegates::declared_capabilities(&conflist);
             let mut wanted = Map::new();
             if let Some(ips) = d.ip_request.as_ref().filter(|i| !i.is_empty()) {
                 wanted.insert("ips".into(), json!(ips));
@@ -263,18 +241,7 @@ pub fn read(
     cni_ifname: &str,
     cni_version: &str,
 ) -> Result<Option<Vec<RecordedDelegate>>, Error> {
-    netattach_cni::env::validate_container_id(container_id).map_err(|e| {
-        Error::Config(
-            crate::error::ConfigError::new(
-                "Multus cache",
-                "CNI_CONTAINERID",
-                Some(container_id.to_string()),
-                "is not a safe file name",
-                "the runtime must pass an id matching ^[a-zA-Z0-9][a-zA-Z0-9_.-]*$",
-            )
-            .with_code(e.code),
-        )
-    })?;
+    crate::util::container_file_name("Multus cache", container_id)?;
     let path = dir.join(container_id);
     let bytes = match std::fs::read(&path) {
         Ok(b) => b,

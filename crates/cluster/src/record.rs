@@ -128,18 +128,7 @@ impl AttachmentRecord {
 }
 
 fn record_path(dir: &Path, container_id: &str) -> Result<PathBuf, Error> {
-    validate_container_id(container_id).map_err(|e| {
-        Error::Config(
-            crate::error::ConfigError::new(
-                "attachment record",
-                "CNI_CONTAINERID",
-                Some(container_id.to_string()),
-                "is not a safe file name",
-                "the runtime must pass an id matching ^[a-zA-Z0-9][a-zA-Z0-9_.-]*$",
-            )
-            .with_code(e.code),
-        )
-    })?;
+    crate::util::container_file_name("attachment record", container_id)?;
     Ok(dir.join(format!("{container_id}.json")))
 }
 

@@ -1,6 +1,6 @@
 //! Small validators and codecs shared by the modules: DNS-1123 names, interface names, Go's
 //! `net.ParseMAC`, edit distance, standard base64 (Go's `encoding/json` form of `[]byte`), and
-//! Go's HTML-safe JSON string escaping.
+//! Go's HTML-safe JSON string escaping, and the container-id check for per-container files.
 
 /// DNS-1123 label: `^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`, at most 63 bytes.
 pub(crate) fn is_dns1123_label(s: &str) -> bool {
@@ -169,6 +169,23 @@ pub(crate) fn go_html_escape(json: &str) -> String {
         }
     }
     out
+}
+
+/// Checks that a container id can name a file (`^[a-zA-Z0-9][a-zA-Z0-9_.-]*$`: no `/`, no
+/// `..`), for the per-container files `what` names.
+pub(crate) fn container_file_name(what: &'static str, container_id: &str) -> Result<(), crate::error::Error> {
+    netattach_cni::env::validate_container_id(container_id).map_err(|e| {
+        crate::error::Error::Config(
+            crate::error::ConfigError::new(
+                what,
+                "CNI_CONTAINERID",
+                Some(container_id.to_string()),
+                "is not a safe file name",
+                "the runtime must pass an id matching ^[a-zA-Z0-9][a-zA-Z0-9_.-]*$",
+            )
+            .with_code(e.code),
+        )
+    })
 }
 
 #[cfg(test)]
