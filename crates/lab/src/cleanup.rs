@@ -1,5 +1,6 @@
 //! Everything about leaving nothing behind: the lab directory (`/run/netattach-lab`, holding
-//! the lock, the state file, the CNI bin dir and the IPAM store) with its Drop guard, the
+//! the lock, the state file, the CNI bin dir, the IPAM store, the meta-plugin's local source
+//! `k8s/` and each node's `nodes/<node>/` conf and record dirs) with its Drop guard, the
 //! SIGINT/SIGTERM flag that makes a run stop at the next step, and `netattach lab down`, which
 //! removes a lab left by `--keep` or by a crash.
 //!
@@ -156,6 +157,16 @@ impl LabDir {
     /// The lab's IPAM store (`local_dir`), shared by all lab nodes.
     pub fn ipam_dir(&self) -> PathBuf {
         self.root.join("ipam")
+    }
+
+    /// The meta-plugin's `localSource`: NAD files, pod files and their network-status.
+    pub fn local_dir(&self) -> PathBuf {
+        self.root.join("k8s")
+    }
+
+    /// One directory per node (conf dir, attachment records).
+    pub fn nodes_dir(&self) -> PathBuf {
+        self.root.join("nodes")
     }
 
     /// Write `state.json` atomically.

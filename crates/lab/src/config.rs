@@ -1,6 +1,10 @@
 //! Input validation: turns the command-line [`LabConfig`] into a checked [`Plan`] (names of
 //! every namespace and interface, the parsed range, the macvlan mode, probe sizes) before
 //! anything is built. Every rejection names the option, the value and the fix.
+//!
+//! Also the lab's fixed names: the two LANs (storage and cluster network), the Kubernetes names
+//! Longhorn uses (`longhorn-system/storage`, `lhnet1`) and the cluster network that plays
+//! flannel's part (`cbr0` on `eth0`, over K3s's pod CIDR).
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -16,16 +20,41 @@ use crate::error::LabError;
 pub const PREFIX: &str = "nalab-";
 /// The switch namespace.
 pub const SWITCH_NS: &str = "nalab-sw";
-/// The LAN bridge inside the switch namespace.
+/// The storage LAN bridge inside the switch namespace.
 pub const BRIDGE: &str = "lan0";
-/// Each node's storage NIC (the macvlan master), inside the node namespace.
+/// The cluster-network LAN bridge inside the switch namespace.
+pub const CLUSTER_BRIDGE: &str = "clusterlan0";
+/// Each node's storage NIC (the storage NAD's macvlan master), inside the node namespace.
 pub const NODE_NIC: &str = "storage0";
-/// The pod-side interface name the plugins are asked for (`CNI_IFNAME`).
-pub const POD_IFNAME: &str = "net1";
-/// The network name of the NAD-like config.
-pub const NETWORK_NAME: &str = "lab-storage";
-/// The Kubernetes namespace the pods pretend to live in (`K8S_POD_NAMESPACE`).
-pub const POD_K8S_NAMESPACE: &str = "lab";
+/// Each node's cluster-network NIC (the cluster network's macvlan master).
+pub const CLUSTER_NIC: &str = "cluster0";
+/// The storage interface in each pod: the name Longhorn asks for in its annotation.
+pub const STORAGE_IFNAME: &str = "lhnet1";
+/// The cluster-network interface in each pod (`CNI_IFNAME`, as containerd sends it).
+pub const CLUSTER_IFNAME: &str = "eth0";
+/// The network name inside the storage NAD's config.
+pub const NETWORK_NAME: &str = "storage";
+/// The Kubernetes namespace of the pods and of the storage NAD (`K8S_POD_NAMESPACE`).
+pub const POD_K8S_NAMESPACE: &str = "longhorn-system";
+/// The storage NAD's name.
+pub const NAD_NAME: &str = "storage";
+/// Longhorn's `storage-network` setting: the network-status entry name it looks for.
+pub const STORAGE_SETTING: &str = "longhorn-system/storage";
+/// The pod annotation Longhorn writes on instance-manager pods, byte for byte.
+pub const LONGHORN_ANNOTATION: &str =
+    r#"[{"namespace":"longhorn-system","name":"storage","interface":"lhnet1"}]"#;
+/// The networks annotation key.
+pub const NETWORKS_ANNOTATION: &str = "k8s.v1.cni.cncf.io/networks";
+/// The cluster network's name (flannel's on K3s, which is what network-status shows there).
+pub const CLUSTER_NETWORK_NAME: &str = "cbr0";
+/// The cluster network's range: K3s's default pod CIDR (only ever used inside the lab).
+pub const CLUSTER_RANGE: &str = "10.42.0.0/16";
+/// The cluster network's conflist file in each node's conf dir.
+pub const CLUSTER_CONFLIST: &str = "10-lab-cluster.conflist";
+/// MTU of the cluster LAN (independent of `--mtu`, which is the storage LAN's).
+pub const CLUSTER_MTU: u32 = 1500;
+/// The meta-plugin's network name in its own config.
+pub const META_NAME: &str = "netattach";
 
 /// Most nodes a lab may have.
 pub const MAX_NODES: usize = 64;
@@ -80,8 +109,10 @@ pub struct NodePlan {
     pub number: usize,
     /// Namespace name, `nalab-n1`.
     pub netns: String,
-    /// The switch-side veth end in the switch namespace, `sw-n1`.
+    /// The storage switch port (veth end in the switch namespace), `sw-n1`.
     pub switch_port: String,
+    /// The cluster-network switch port, `cl-n1`.
+    pub cluster_port: String,
 }
 
 /// One pod of the plan.
@@ -100,6 +131,8 @@ pub struct Plan {
     pub range_text: String,
     /// The parsed range.
     pub range: IpRange,
+    /// The cluster network's range ([`CLUSTER_RANGE`]), parsed.
+    pub cluster_range: IpRange,
     /// The macvlan mode.
     pub mode: MacvlanMode,
     /// MTU.
@@ -184,6 +217,22 @@ impl Plan {
                 "write a CIDR like 192.168.4.0/24",
             )
         })?;
+        let cluster = IpRange::parse(CLUSTER_RANGE, None, None, &[], None).map_err(|e| {
+            input(
+                "range",
+                CLUSTER_RANGE,
+                format!("the lab's own cluster range does not parse: {e}"),
+                "report this bug",
+            )
+        })?;
+        if range.cidr.contains(&cluster.cidr.network()) || cluster.cidr.contains(&range.cidr.network()) {
+            return Err(input(
+                "range",
+                &config.range,
+                format!("overlaps the lab's cluster network {CLUSTER_RANGE} (the pods' eth0)"),
+                "use a range outside 10.42.0.0/16, like 192.168.4.0/24",
+            ));
+        }
         let capacity = range.capacity();
         if capacity < total as u128 {
             return Err(input(
@@ -234,6 +283,7 @@ impl Plan {
                 number: n,
                 netns: format!("{PREFIX}n{n}"),
                 switch_port: format!("sw-n{n}"),
+                cluster_port: format!("cl-n{n}"),
             })
             .collect();
         let pods = nodes
@@ -249,6 +299,7 @@ impl Plan {
         let plan = Plan {
             range_text: config.range.clone(),
             range,
+            cluster_range: cluster,
             mode,
             mtu: config.mtu,
             keep: config.keep,
@@ -271,8 +322,21 @@ impl Plan {
 
     /// Every interface name the lab creates.
     pub fn interface_names(&self) -> Vec<String> {
-        let mut names = vec![BRIDGE.to_string(), NODE_NIC.to_string(), POD_IFNAME.to_string()];
-        names.extend(self.nodes.iter().map(|n| n.switch_port.clone()));
+        let mut names: Vec<String> = [
+            BRIDGE,
+            CLUSTER_BRIDGE,
+            NODE_NIC,
+            CLUSTER_NIC,
+            STORAGE_IFNAME,
+            CLUSTER_IFNAME,
+        ]
+        .map(String::from)
+        .to_vec();
+        names.extend(
+            self.nodes
+                .iter()
+                .flat_map(|n| [n.switch_port.clone(), n.cluster_port.clone()]),
+        );
         names
     }
 
@@ -410,6 +474,24 @@ mod tests {
             .expect_err(bad);
             assert_eq!(field_of(err), "range", "{bad}");
         }
+    }
+
+    #[test]
+    fn a_range_overlapping_the_cluster_network_is_refused() {
+        for bad in ["10.42.0.0/24", "10.0.0.0/8", "10.42.255.0/24"] {
+            let err = Plan::from_config(&LabConfig {
+                range: bad.into(),
+                ..cfg()
+            })
+            .expect_err(bad);
+            assert!(err.to_string().contains("overlaps"), "{err}");
+            assert_eq!(field_of(err), "range", "{bad}");
+        }
+        Plan::from_config(&LabConfig {
+            range: "10.43.0.0/24".into(),
+            ..cfg()
+        })
+        .expect("next to the pod CIDR is fine");
     }
 
     #[test]

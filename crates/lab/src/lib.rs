@@ -1,12 +1,17 @@
 //! netattach lab: a whole cluster on one machine, in network namespaces, to prove that the
 //! storage network works before anything depends on it.
 //!
-//! `netattach lab` builds a LAN switch (a Linux bridge in `nalab-sw`), N nodes (`nalab-nN`,
-//! each with a storage NIC `storage0` on the switch) and M pods per node (`nalab-nN-pM`);
-//! installs the netattach binary as the `macvlan` and `whereabouts` plugins into a temporary
-//! CNI bin dir; attaches every pod exactly as a container runtime would; validates interfaces,
-//! addresses and full-MTU reachability; detaches everything; and proves nothing leaked. The
-//! last line it prints starts with `PASS` or `FAIL`.
+//! `netattach lab` builds a switch namespace (`nalab-sw`) with two LANs (Linux bridges: the
+//! storage LAN and a cluster-network LAN), N nodes (`nalab-nN`, each with a storage NIC
+//! `storage0` and a cluster NIC `cluster0`) and M pods per node (`nalab-nN-pM`); installs the
+//! netattach binary as the `netattach`, `macvlan` and `whereabouts` plugins into a temporary CNI
+//! bin dir; writes what a K3s cluster running Longhorn would hold (the `longhorn-system/storage`
+//! NAD, each pod with Longhorn's `k8s.v1.cni.cncf.io/networks` annotation, each node's cluster
+//! network conflist); attaches every pod by executing the `netattach` meta-plugin exactly as
+//! containerd would (`eth0` from the cluster network, `lhnet1` from the NAD); validates
+//! interfaces, addresses, the published network-status as Longhorn reads it, and full-MTU
+//! reachability over storage; detaches everything; and proves nothing leaked. The last line it
+//! prints starts with `PASS` or `FAIL`.
 //!
 //! Modules: [`config`] (input validation and naming), [`topology`] (namespaces, switch,
 //! nodes, pods), [`attach`] (the runtime side: ADD/DEL), [`validate`] (the checks),
@@ -36,12 +41,15 @@ pub use crate::error::LabError;
 
 use crate::attach::{Attachment, Runtime};
 use crate::cleanup::{LAB_DIR, LabDir, State, check_interrupt};
-use crate::config::{NODE_NIC, POD_IFNAME, PREFIX, Plan, SameNode};
+use crate::config::{
+    CLUSTER_CONFLIST, CLUSTER_IFNAME, CLUSTER_NETWORK_NAME, CLUSTER_NIC, CLUSTER_RANGE, NODE_NIC, PREFIX,
+    Plan, STORAGE_IFNAME, STORAGE_SETTING, SameNode,
+};
 use crate::report::{Row, step};
 use crate::topology::Topology;
 use crate::validate::Reach;
 
-const STEPS: usize = 6;
+const STEPS: usize = 7;
 
 /// Remove a lab left by `--keep` or by a crash: every `nalab-*` namespace and the lab
 /// directory. Idempotent.
@@ -146,18 +154,18 @@ fn run_steps(plan: &Plan, dir: &LabDir, topo: &mut Topology) -> Result<Findings,
     let n_nodes = plan.nodes.len();
     let n_pods = plan.pods.len();
 
-    // 1. The LAN.
+    // 1. The LANs.
     let s = step(
         1,
         STEPS,
         &format!(
-            "building the LAN: switch + {n_nodes} node(s) with storage NIC {NODE_NIC} + {n_pods} pod namespace(s), MTU {}",
+            "building the LANs: switch + {n_nodes} node(s) with storage NIC {NODE_NIC} (MTU {}) and cluster NIC {CLUSTER_NIC} + {n_pods} pod namespace(s)",
             plan.mtu
         ),
     );
     let built = topo.build_lan(plan).and_then(|()| topo.build_pods(plan));
     match &built {
-        Ok(()) if topo.hairpin => s.done("hairpin on the switch ports (vepa)"),
+        Ok(()) if topo.hairpin => s.done("hairpin on the storage switch ports (vepa)"),
         Ok(()) => s.done(""),
         Err(LabError::Interrupted { .. }) => drop(s),
         Err(e) => s.failed(&e.to_string()),
@@ -165,20 +173,21 @@ fn run_steps(plan: &Plan, dir: &LabDir, topo: &mut Topology) -> Result<Findings,
     built?;
     check_interrupt()?;
 
-    // 2. The plugins.
+    // 2. The plugins and what the cluster would hold.
     let bin_dir = dir.bin_dir();
     let s = step(
         2,
         STEPS,
         &format!(
-            "installing {} as macvlan + whereabouts into {}",
+            "installing {} as netattach + macvlan + whereabouts into {}; writing NAD {STORAGE_SETTING}, {n_pods} pod(s) with Longhorn's annotation, {n_nodes} x {CLUSTER_CONFLIST}",
             plan.binary.display(),
             bin_dir.display()
         ),
     );
     let installed = netattach_plugins::install::install(&plan.binary, &bin_dir, false)
         .map_err(LabError::from)
-        .and_then(|_| Runtime::new(bin_dir.clone(), dir.ipam_dir()));
+        .and_then(|_| Runtime::new(bin_dir.clone(), dir.ipam_dir(), dir.local_dir(), dir.nodes_dir()))
+        .and_then(|r| r.prepare(plan, topo).map(|()| r));
     let runtime = match installed {
         Ok(r) => {
             s.done("");
@@ -196,13 +205,13 @@ fn run_steps(plan: &Plan, dir: &LabDir, topo: &mut Topology) -> Result<Findings,
         3,
         STEPS,
         &format!(
-            "attaching {n_pods} pod(s): CNI ADD macvlan {} on {NODE_NIC}, whereabouts {} (local store)",
+            "attaching {n_pods} pod(s): CNI ADD netattach -> {CLUSTER_IFNAME} {CLUSTER_NETWORK_NAME} ({CLUSTER_RANGE}), {STORAGE_IFNAME} {STORAGE_SETTING} (macvlan {} on {NODE_NIC}, whereabouts {})",
             plan.mode, plan.range_text
         ),
     );
     for i in 0..topo.pods.len() {
         check_interrupt()?;
-        let att = runtime.add(plan, topo, i)?;
+        let att = runtime.add(topo, i)?;
         if let (Err(e), Some(pod)) = (&att.outcome, topo.pods.get(i)) {
             f.problems
                 .push(format!("{}: CNI ADD failed: {e}", pod.plan.netns));
@@ -221,7 +230,7 @@ fn run_steps(plan: &Plan, dir: &LabDir, topo: &mut Topology) -> Result<Findings,
         4,
         STEPS,
         &format!(
-            "checking interfaces ({POD_IFNAME}: up, macvlan {}, MTU {}) and addresses",
+            "checking interfaces ({CLUSTER_IFNAME}: up, macvlan bridge; {STORAGE_IFNAME}: up, macvlan {}, MTU {}) and addresses",
             plan.mode, plan.mtu
         ),
     );
@@ -229,7 +238,8 @@ fn run_steps(plan: &Plan, dir: &LabDir, topo: &mut Topology) -> Result<Findings,
     found.extend(validate::check_addresses(plan, topo, &f.attachments));
     if found.is_empty() {
         s.done(&format!(
-            "{ok} interface(s) ok, {ok} unique address(es) in {}",
+            "{} interface(s) ok, {ok} unique address(es) in {CLUSTER_RANGE} and {ok} in {}",
+            2 * ok,
             plan.range_text
         ));
     } else {
@@ -238,7 +248,25 @@ fn run_steps(plan: &Plan, dir: &LabDir, topo: &mut Topology) -> Result<Findings,
     f.problems.extend(found);
     check_interrupt()?;
 
-    // 5. Reachability.
+    // 5. network-status, as Longhorn reads it.
+    let s = step(
+        5,
+        STEPS,
+        &format!(
+            "reading network-status as Longhorn does (entry `{STORAGE_SETTING}`, ips string-sorted, first)"
+        ),
+    );
+    let found = validate::check_status(topo, &f.attachments);
+    if found.is_empty() {
+        s.done(&format!(
+            "{ok}/{n_pods}: 2 entries, default only on {CLUSTER_NETWORK_NAME}, Longhorn's storage IP = {STORAGE_IFNAME}"
+        ));
+    } else {
+        s.failed(&format!("{} problem(s)", found.len()));
+    }
+    f.problems.extend(found);
+
+    // 6. Reachability.
     let cross_pairs: usize = plan
         .pods
         .iter()
@@ -246,7 +274,7 @@ fn run_steps(plan: &Plan, dir: &LabDir, topo: &mut Topology) -> Result<Findings,
         .sum();
     let same_pairs = n_pods * (n_pods / n_nodes).saturating_sub(1);
     let mut what = format!(
-        "pinging the full mesh: {cross_pairs} cross-node pair(s) at {}B and {}B with DF",
+        "pinging the full mesh over {STORAGE_IFNAME}: {cross_pairs} cross-node pair(s) at {}B and {}B with DF",
         validate::SMALL_PAYLOAD,
         plan.full_payload()
     );
@@ -260,7 +288,7 @@ fn run_steps(plan: &Plan, dir: &LabDir, topo: &mut Topology) -> Result<Findings,
             }
         ));
     }
-    let s = step(5, STEPS, &what);
+    let s = step(6, STEPS, &what);
     let (reach, found) = validate::ping_mesh(plan, topo, &f.attachments)?;
     if found.is_empty() {
         s.done("");
@@ -277,28 +305,31 @@ fn run_steps(plan: &Plan, dir: &LabDir, topo: &mut Topology) -> Result<Findings,
     }
     check_interrupt()?;
 
-    // 6. DEL and leaks.
+    // 7. DEL and leaks.
     if plan.keep {
-        let s = step(6, STEPS, "detaching");
+        let s = step(7, STEPS, "detaching");
         s.done("skipped: --keep leaves the pods attached");
         return Ok(f);
     }
     let s = step(
-        6,
+        7,
         STEPS,
-        "detaching (CNI DEL, reverse order) and checking for leaks",
+        "detaching (CNI DEL netattach, reverse order) and checking for leaks",
     );
     let mut del_failed = 0;
     for att in f.attachments.iter().rev() {
-        if let (Err(e), Some(pod)) = (runtime.del(plan, topo, att)?, topo.pods.get(att.pod)) {
+        if let (Err(e), Some(pod)) = (runtime.del(topo, att)?, topo.pods.get(att.pod)) {
             del_failed += 1;
             f.problems
                 .push(format!("{}: CNI DEL failed: {e}", pod.plan.netns));
         }
     }
-    let leaks = validate::check_leaks(topo, runtime.ipam_dir())?;
+    let leaks = validate::check_leaks(plan, topo, &runtime)?;
     if del_failed == 0 && leaks.is_empty() {
-        s.done("no macvlan left in any pod, 0 allocations in the store");
+        s.done(&format!(
+            "no link left in any pod, 0 allocations in both pools ({CLUSTER_RANGE}, {}), no attachment record left",
+            plan.range_text
+        ));
     } else {
         s.failed(&format!("{del_failed} DEL failure(s), {} leak(s)", leaks.len()));
     }
@@ -315,14 +346,16 @@ fn print_results(plan: &Plan, f: &Findings, kept: bool, started: Instant) {
             let pod = plan.pods.get(att.pod)?;
             let node = plan.nodes.get(pod.node)?;
             let reach = f.reach.get(att.pod).cloned().unwrap_or_default();
+            let dash = || "-".to_string();
             Some(Row {
                 pod: pod.netns.clone(),
                 node: node.netns.clone(),
-                interface: format!("{POD_IFNAME}@{NODE_NIC}"),
-                address: match &att.outcome {
-                    Ok(_) => att.address().map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
+                eth0: match &att.outcome {
+                    Ok(_) => att.cluster_address().map(|a| a.to_string()).unwrap_or_else(dash),
                     Err(e) => format!("ADD failed (code {})", e.code),
                 },
+                lhnet1: att.storage.map(|a| a.to_string()).unwrap_or_else(dash),
+                longhorn: validate::describe_longhorn(att),
                 reachability: if att.outcome.is_ok() {
                     validate::describe(plan, &reach)
                 } else {
@@ -348,6 +381,7 @@ fn print_results(plan: &Plan, f: &Findings, kept: bool, started: Instant) {
             .unwrap_or("nalab-n1-p1");
         println!("the lab is still running (--keep); state in {LAB_DIR}/state.json");
         println!("  enter a pod:    nsenter --net=/run/netns/{first} ip addr");
+        println!("  network-status: {LAB_DIR}/k8s/pods/longhorn-system/{first}.status.json");
         println!("  remove the lab: netattach lab down");
     }
 
@@ -356,8 +390,13 @@ fn print_results(plan: &Plan, f: &Findings, kept: bool, started: Instant) {
     let cross_total: usize = f.reach.iter().map(|r| r.cross_total).sum();
     let same_ok: usize = f.reach.iter().map(|r| r.same_ok + r.same_isolated).sum();
     let same_total: usize = f.reach.iter().map(|r| r.same_total).sum();
+    let longhorn_ok = f
+        .attachments
+        .iter()
+        .filter(|a| validate::describe_longhorn(a).ends_with(" ok"))
+        .count();
     let mut summary = format!(
-        "{n_pods} pod(s) on {} node(s), macvlan {}, unique addresses in {}",
+        "{n_pods} pod(s) on {} node(s) attached by the netattach meta-plugin: {CLUSTER_IFNAME} on {CLUSTER_NETWORK_NAME}, {STORAGE_IFNAME} macvlan {} with unique addresses in {}, Longhorn reads {STORAGE_IFNAME} from network-status {longhorn_ok}/{n_pods}",
         plan.nodes.len(),
         plan.mode,
         plan.range_text

@@ -1,6 +1,7 @@
-//! What the lab prints: progress lines (`[1/6] building the LAN ... done (42 ms)`), the
-//! results table (pod, node, interface, address, reachability) and the verdict line, which is
-//! always the last line and starts with `PASS` or `FAIL`.
+//! What the lab prints: progress lines (`[1/7] building the LANs ... done (42 ms)`), the
+//! results table (pod, node, eth0 address, lhnet1 address, the storage IP Longhorn reads from
+//! network-status, reachability) and the verdict line, which is always the last line and starts
+//! with `PASS` or `FAIL`.
 
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -63,31 +64,41 @@ impl Drop for Step {
 /// One line of the results table.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Row {
-    /// Pod (its namespace name).
+    /// Pod (its namespace name, also its Kubernetes name in `longhorn-system`).
     pub pod: String,
     /// Node namespace.
     pub node: String,
-    /// Interface in the pod, with its master: `net1@storage0`.
-    pub interface: String,
-    /// Address with prefix, or why there is none.
-    pub address: String,
-    /// What the pings proved.
+    /// The cluster-network address on `eth0`, or why there is none.
+    pub eth0: String,
+    /// The storage address on `lhnet1`, or `-`.
+    pub lhnet1: String,
+    /// The storage IP Longhorn reads from network-status, and whether it is `lhnet1`'s.
+    pub longhorn: String,
+    /// What the pings over the storage network proved.
     pub reachability: String,
 }
 
-const HEADERS: [&str; 5] = ["POD", "NODE", "INTERFACE", "ADDRESS", "REACHABILITY"];
+const HEADERS: [&str; 6] = [
+    "POD",
+    "NODE",
+    "ETH0 (CLUSTER)",
+    "LHNET1 (STORAGE)",
+    "LONGHORN IP",
+    "REACHABILITY",
+];
 
 /// Render rows as an aligned, two-space separated table with a header line. The last column
 /// is not padded (no trailing spaces).
 pub fn render_table(rows: &[Row]) -> String {
-    let cells: Vec<[&str; 5]> = rows
+    let cells: Vec<[&str; 6]> = rows
         .iter()
         .map(|r| {
             [
                 r.pod.as_str(),
                 r.node.as_str(),
-                r.interface.as_str(),
-                r.address.as_str(),
+                r.eth0.as_str(),
+                r.lhnet1.as_str(),
+                r.longhorn.as_str(),
                 r.reachability.as_str(),
             ]
         })
@@ -129,12 +140,13 @@ pub fn verdict(problems: &[String], summary: &str) -> String {
 mod tests {
     use super::*;
 
-    fn row(pod: &str, addr: &str, reach: &str) -> Row {
+    fn row(pod: &str, eth0: &str, addr: &str, reach: &str) -> Row {
         Row {
             pod: pod.into(),
             node: "nalab-n1".into(),
-            interface: "net1@storage0".into(),
-            address: addr.into(),
+            eth0: eth0.into(),
+            lhnet1: addr.into(),
+            longhorn: format!("{} ok", addr.split('/').next().unwrap_or_default()),
             reachability: reach.into(),
         }
     }
@@ -142,9 +154,15 @@ mod tests {
     #[test]
     fn the_table_is_aligned_with_a_header_and_no_trailing_spaces() {
         let t = render_table(&[
-            row("nalab-n1-p1", "192.168.4.1/24", "4/4 ok (1472B DF)"),
+            row(
+                "nalab-n1-p1",
+                "10.42.0.1/16",
+                "192.168.4.1/24",
+                "4/4 ok (1472B DF)",
+            ),
             row(
                 "nalab-n1-p2",
+                "10.42.0.2/16",
                 "192.168.4.10/24",
                 "4/4 ok (1472B DF), same node 1/1 ok",
             ),
@@ -153,25 +171,28 @@ mod tests {
         assert_eq!(lines.len(), 3);
         assert_eq!(
             lines[0],
-            "POD          NODE      INTERFACE      ADDRESS          REACHABILITY"
+            "POD          NODE      ETH0 (CLUSTER)  LHNET1 (STORAGE)  LONGHORN IP      REACHABILITY"
         );
         assert_eq!(
             lines[1],
-            "nalab-n1-p1  nalab-n1  net1@storage0  192.168.4.1/24   4/4 ok (1472B DF)"
+            "nalab-n1-p1  nalab-n1  10.42.0.1/16    192.168.4.1/24    192.168.4.1 ok   4/4 ok (1472B DF)"
         );
         assert_eq!(
             lines[2],
-            "nalab-n1-p2  nalab-n1  net1@storage0  192.168.4.10/24  4/4 ok (1472B DF), same node 1/1 ok"
+            "nalab-n1-p2  nalab-n1  10.42.0.2/16    192.168.4.10/24   192.168.4.10 ok  4/4 ok (1472B DF), same node 1/1 ok"
         );
         assert!(lines.iter().all(|l| !l.ends_with(' ')));
         // Every column starts at the same offset in every line.
-        let col = lines[0].find("ADDRESS").expect("header");
+        let col = lines[0].find("LHNET1").expect("header");
         assert!(lines[1..].iter().all(|l| l[col..].starts_with("192.168.4.")));
     }
 
     #[test]
     fn an_empty_table_is_just_the_header() {
-        assert_eq!(render_table(&[]), "POD  NODE  INTERFACE  ADDRESS  REACHABILITY\n");
+        assert_eq!(
+            render_table(&[]),
+            "POD  NODE  ETH0 (CLUSTER)  LHNET1 (STORAGE)  LONGHORN IP  REACHABILITY\n"
+        );
     }
 
     #[test]

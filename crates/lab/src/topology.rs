@@ -1,6 +1,7 @@
-//! The lab's cluster in network namespaces: a LAN switch (a Linux bridge in `nalab-sw`), nodes
-//! (`nalab-nN`, each with a storage NIC `storage0` whose veth peer is a port of the switch) and
-//! empty pod namespaces (`nalab-nN-pM`) for the plugins to attach.
+//! The lab's cluster in network namespaces: a switch namespace (`nalab-sw`) with two LANs (Linux
+//! bridges: `lan0` for storage, `clusterlan0` for the cluster network), nodes (`nalab-nN`, each
+//! with a storage NIC `storage0` and a cluster NIC `cluster0`, whose veth peers are ports of the
+//! two bridges) and empty pod namespaces (`nalab-nN-pM`) for the plugins to attach.
 //!
 //! Nothing is created outside these namespaces: every netlink socket is opened inside the
 //! namespace it changes, and veth pairs are created from the switch namespace with their peer
@@ -14,7 +15,9 @@ use std::hash::{BuildHasher, Hasher};
 use netattach_netdev::{Handle, MacvlanMode, NamedNetns, Netns};
 use tracing::debug;
 
-use crate::config::{BRIDGE, NODE_NIC, NodePlan, Plan, PodPlan, SWITCH_NS};
+use crate::config::{
+    BRIDGE, CLUSTER_BRIDGE, CLUSTER_MTU, CLUSTER_NIC, NODE_NIC, NodePlan, Plan, PodPlan, SWITCH_NS,
+};
 use crate::error::LabError;
 
 /// A namespace the lab made: its `/run/netns` entry (deleted on drop) and an open handle.
@@ -98,6 +101,62 @@ pub struct Topology {
     pub hairpin: bool,
 }
 
+/// Create bridge `name` in the switch namespace, set its MTU and bring it up; its index.
+fn make_bridge(sw: &mut Handle, name: &str, mtu: u32) -> Result<u32, LabError> {
+    sw.create_bridge(name)
+        .map_err(LabError::netdev(format!("creating bridge {name} in {SWITCH_NS}")))?;
+    let br = sw
+        .link_index(name)
+        .map_err(LabError::netdev(format!("finding bridge {name}")))?;
+    sw.set_mtu(br, mtu)
+        .map_err(LabError::netdev(format!("setting MTU {mtu} on {name}")))?;
+    sw.set_up(br)
+        .map_err(LabError::netdev(format!("bringing {name} up")))?;
+    Ok(br)
+}
+
+/// One node NIC and its switch port.
+struct Port<'a> {
+    bridge: u32,
+    port: &'a str,
+    nic: &'static str,
+    mtu: u32,
+    hairpin: bool,
+    what: &'static str,
+}
+
+/// A veth pair from the switch namespace: `port` on `bridge`, its peer `nic` created directly
+/// in the node namespace; both ends at `mtu` and up.
+fn wire(sw: &mut Handle, node: &LabNs, p: Port<'_>) -> Result<(), LabError> {
+    let ctx = |what: &str| format!("{what} ({} LAN) for node {}", p.what, node.name());
+    sw.create_veth(p.port, p.nic, Some(node.netns()))
+        .map_err(LabError::netdev(ctx(&format!(
+            "creating veth {} <-> {}",
+            p.port, p.nic
+        ))))?;
+    let port_index = sw
+        .link_index(p.port)
+        .map_err(LabError::netdev(ctx("finding the switch port")))?;
+    sw.set_mtu(port_index, p.mtu)
+        .map_err(LabError::netdev(ctx("setting the switch port MTU")))?;
+    sw.set_master(port_index, p.bridge)
+        .map_err(LabError::netdev(ctx("attaching the port to the switch")))?;
+    if p.hairpin {
+        sw.set_bridge_port_hairpin(port_index, true)
+            .map_err(LabError::netdev(ctx("setting hairpin mode on the switch port")))?;
+    }
+    sw.set_up(port_index)
+        .map_err(LabError::netdev(ctx("bringing the switch port up")))?;
+    let mut nh = node.handle()?;
+    let nic = nh
+        .link_index(p.nic)
+        .map_err(LabError::netdev(ctx(&format!("finding {}", p.nic))))?;
+    nh.set_mtu(nic, p.mtu)
+        .map_err(LabError::netdev(ctx(&format!("setting the MTU of {}", p.nic))))?;
+    nh.set_up(nic)
+        .map_err(LabError::netdev(ctx(&format!("bringing {} up", p.nic))))
+}
+
 fn random_u64() -> u64 {
     // RandomState is seeded from the OS once per thread and then stepped per instance.
     let mut h = RandomState::new().build_hasher();
@@ -123,63 +182,52 @@ fn pod_uid() -> String {
 }
 
 impl Topology {
-    /// Build the switch and the nodes (step 1). On error whatever was made is deleted when
-    /// `self` is dropped by the caller.
+    /// Build the switch (both LAN bridges) and the nodes, each wired into both LANs (step 1).
+    /// On error whatever was made is deleted when `self` is dropped by the caller.
     pub fn build_lan(&mut self, plan: &Plan) -> Result<(), LabError> {
         let switch = LabNs::create(SWITCH_NS)?;
         let mut sw = switch.handle()?;
         self.switch = Some(switch);
-        sw.create_bridge(BRIDGE).map_err(LabError::netdev(format!(
-            "creating bridge {BRIDGE} in {SWITCH_NS}"
-        )))?;
-        let br = sw
-            .link_index(BRIDGE)
-            .map_err(LabError::netdev(format!("finding bridge {BRIDGE}")))?;
-        sw.set_mtu(br, plan.mtu)
-            .map_err(LabError::netdev(format!("setting MTU {} on {BRIDGE}", plan.mtu)))?;
-        sw.set_up(br)
-            .map_err(LabError::netdev(format!("bringing {BRIDGE} up")))?;
+        let storage_br = make_bridge(&mut sw, BRIDGE, plan.mtu)?;
+        let cluster_br = make_bridge(&mut sw, CLUSTER_BRIDGE, CLUSTER_MTU)?;
 
         for node in &plan.nodes {
             let ns = LabNs::create(&node.netns)?;
-            let port = &node.switch_port;
-            let ctx = |what: &str| format!("{what} for node {}", node.netns);
-            sw.create_veth(port, NODE_NIC, Some(ns.netns()))
-                .map_err(LabError::netdev(ctx(&format!(
-                    "creating veth {port} <-> {NODE_NIC}"
-                ))))?;
-            // Record the node before configuring it, so a failure below still deletes it.
+            // Record the node before wiring it, so a failure below still deletes it.
             self.nodes.push(Node {
                 plan: node.clone(),
                 ns,
             });
-            let port_index = sw
-                .link_index(port)
-                .map_err(LabError::netdev(ctx("finding the switch port")))?;
-            sw.set_mtu(port_index, plan.mtu)
-                .map_err(LabError::netdev(ctx("setting the switch port MTU")))?;
-            sw.set_master(port_index, br)
-                .map_err(LabError::netdev(ctx("attaching the port to the switch")))?;
-            if plan.mode == MacvlanMode::Vepa {
-                sw.set_bridge_port_hairpin(port_index, true)
-                    .map_err(LabError::netdev(ctx("setting hairpin mode on the switch port")))?;
-                self.hairpin = true;
-            }
-            sw.set_up(port_index)
-                .map_err(LabError::netdev(ctx("bringing the switch port up")))?;
-
             let Some(node_ns) = self.nodes.last().map(|n| &n.ns) else {
                 continue;
             };
-            let mut nh = node_ns.handle()?;
-            let nic = nh
-                .link_index(NODE_NIC)
-                .map_err(LabError::netdev(ctx("finding the storage NIC")))?;
-            nh.set_mtu(nic, plan.mtu)
-                .map_err(LabError::netdev(ctx("setting the storage NIC MTU")))?;
-            nh.set_up(nic)
-                .map_err(LabError::netdev(ctx("bringing the storage NIC up")))?;
-            debug!(node = %node.netns, port, "node wired to the switch");
+            let hairpin = plan.mode == MacvlanMode::Vepa;
+            wire(
+                &mut sw,
+                node_ns,
+                Port {
+                    bridge: storage_br,
+                    port: &node.switch_port,
+                    nic: NODE_NIC,
+                    mtu: plan.mtu,
+                    hairpin,
+                    what: "storage",
+                },
+            )?;
+            self.hairpin |= hairpin;
+            wire(
+                &mut sw,
+                node_ns,
+                Port {
+                    bridge: cluster_br,
+                    port: &node.cluster_port,
+                    nic: CLUSTER_NIC,
+                    mtu: CLUSTER_MTU,
+                    hairpin: false,
+                    what: "cluster-network",
+                },
+            )?;
+            debug!(node = %node.netns, "node wired to both LANs");
         }
         Ok(())
     }

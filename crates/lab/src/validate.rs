@@ -1,9 +1,12 @@
 //! The checks a user's install guide demands before anything depends on the storage network:
-//! every pod has its interface (present, up, macvlan in the right mode, right MTU, holding its
-//! address); addresses are unique and inside the range; every pod reaches every pod on another
-//! node, also with a full-MTU datagram that may not be fragmented; same-node pairs behave as
-//! the macvlan mode says; and after DEL nothing is left (no macvlan in any pod namespace, no
-//! allocation in the IPAM store).
+//! every pod has both interfaces, `eth0` (cluster network) and `lhnet1` (storage), each present,
+//! up, macvlan in the right mode, right MTU, holding its address; addresses are unique and
+//! inside their range; the network-status the meta-plugin published lists both networks,
+//! `default: true` only on the cluster network, and Longhorn's own parse of it yields exactly
+//! `lhnet1`'s address; every pod reaches every pod on another node over storage, also with a
+//! full-MTU datagram that may not be fragmented; same-node pairs behave as the macvlan mode
+//! says; and after DEL nothing is left (no link in any pod namespace, no allocation in either
+//! pool of the IPAM store, no attachment record in any node's `cniDir`).
 //!
 //! Checks never fail the lab with an error: each finding is a problem string, and any problem
 //! turns the verdict into `FAIL`.
@@ -12,12 +15,17 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use netattach_ipam::{FileStore, Store};
-use netattach_netdev::probe;
+use ipnet::IpNet;
+use netattach_ipam::{FileStore, IpRange, Store};
+use netattach_netdev::{Handle, MacvlanMode, probe};
+use serde_json::Value;
 
-use crate::attach::Attachment;
+use crate::attach::{Attachment, Runtime};
 use crate::cleanup::check_interrupt;
-use crate::config::{POD_IFNAME, Plan, SameNode};
+use crate::config::{
+    CLUSTER_IFNAME, CLUSTER_MTU, CLUSTER_NETWORK_NAME, CLUSTER_RANGE, Plan, STORAGE_IFNAME, STORAGE_SETTING,
+    SameNode,
+};
 use crate::error::LabError;
 use crate::topology::Topology;
 
@@ -33,7 +41,94 @@ pub const ISOLATION_TIMEOUT: Duration = Duration::from_millis(400);
 /// How long IPv6 addresses may stay tentative (DAD) after ADD.
 pub const DAD_WAIT: Duration = Duration::from_secs(5);
 
-/// Check the interface of every attached pod; returns the problems.
+/// What one pod interface should be.
+struct Expect<'a> {
+    ifname: &'static str,
+    addr: Option<IpNet>,
+    mode: MacvlanMode,
+    mtu: u32,
+    what: &'a str,
+}
+
+/// Check one interface of a pod; adds the problems.
+fn check_link(
+    h: &mut Handle,
+    name: &str,
+    want: &Expect<'_>,
+    dad_deadline: Instant,
+    problems: &mut Vec<String>,
+) -> Result<(), LabError> {
+    let ifname = want.ifname;
+    let link = h
+        .link_by_name(ifname)
+        .map_err(LabError::netdev(format!("reading {ifname} in {name}")))?;
+    let Some(link) = link else {
+        problems.push(format!(
+            "{name}: interface {ifname} ({}) is missing after a successful ADD",
+            want.what
+        ));
+        return Ok(());
+    };
+    if link.kind.as_deref() != Some("macvlan") {
+        problems.push(format!(
+            "{name}: {ifname} is a {} link, not macvlan",
+            link.kind.as_deref().unwrap_or("plain")
+        ));
+    }
+    if link.macvlan_mode != Some(want.mode) {
+        problems.push(format!(
+            "{name}: {ifname} is in macvlan mode {}, expected {}",
+            link.macvlan_mode
+                .map(|m| m.to_string())
+                .unwrap_or_else(|| "none".into()),
+            want.mode
+        ));
+    }
+    if !link.up {
+        problems.push(format!("{name}: {ifname} is down"));
+    }
+    if link.mtu != want.mtu {
+        problems.push(format!(
+            "{name}: {ifname} has MTU {}, expected {}",
+            link.mtu, want.mtu
+        ));
+    }
+    let Some(addr) = want.addr else {
+        problems.push(format!("{name}: {ifname} ({}) has no address", want.what));
+        return Ok(());
+    };
+    // IPv6: the plugin (like the reference plugin) waits for DAD only when the range has a
+    // gateway, so an address may still be tentative right after ADD. Wait for it, within one
+    // deadline for the whole step.
+    let found = loop {
+        let addrs = h
+            .addresses(link.index)
+            .map_err(LabError::netdev(format!("reading addresses in {name}")))?;
+        let found = addrs.into_iter().find(|a| a.addr == addr);
+        match &found {
+            Some(a) if a.tentative && !a.dadfailed && Instant::now() < dad_deadline => {
+                check_interrupt()?;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            _ => break found,
+        }
+    };
+    match found {
+        None => problems.push(format!("{name}: {ifname} does not carry its address {addr}")),
+        Some(a) if a.dadfailed => problems.push(format!(
+            "{name}: address {addr} failed IPv6 duplicate address detection"
+        )),
+        Some(a) if a.tentative => problems.push(format!(
+            "{name}: address {addr} is still IPv6-tentative {}s after ADD",
+            DAD_WAIT.as_secs()
+        )),
+        Some(_) => {}
+    }
+    Ok(())
+}
+
+/// Check both interfaces of every attached pod: `eth0` (the cluster network) and `lhnet1`
+/// (storage); returns the problems.
 pub fn check_interfaces(
     plan: &Plan,
     topo: &Topology,
@@ -43,98 +138,211 @@ pub fn check_interfaces(
     let dad_deadline = Instant::now() + DAD_WAIT;
     for att in attachments {
         check_interrupt()?;
-        let (Some(pod), Some(addr)) = (topo.pods.get(att.pod), att.address()) else {
+        let Some(pod) = topo.pods.get(att.pod) else {
             continue;
         };
+        if att.outcome.is_err() {
+            continue;
+        }
         let name = &pod.plan.netns;
         let mut h = pod.ns.handle()?;
-        let link = h
-            .link_by_name(POD_IFNAME)
-            .map_err(LabError::netdev(format!("reading {POD_IFNAME} in {name}")))?;
-        let Some(link) = link else {
-            problems.push(format!(
-                "{name}: interface {POD_IFNAME} is missing after a successful ADD"
-            ));
-            continue;
+        let cluster = Expect {
+            ifname: CLUSTER_IFNAME,
+            addr: att.cluster_address(),
+            mode: MacvlanMode::Bridge,
+            mtu: CLUSTER_MTU,
+            what: "cluster network",
         };
-        if link.kind.as_deref() != Some("macvlan") {
-            problems.push(format!(
-                "{name}: {POD_IFNAME} is a {} link, not macvlan",
-                link.kind.as_deref().unwrap_or("plain")
-            ));
-        }
-        if link.macvlan_mode != Some(plan.mode) {
-            problems.push(format!(
-                "{name}: {POD_IFNAME} is in macvlan mode {}, expected {}",
-                link.macvlan_mode
-                    .map(|m| m.to_string())
-                    .unwrap_or_else(|| "none".into()),
-                plan.mode
-            ));
-        }
-        if !link.up {
-            problems.push(format!("{name}: {POD_IFNAME} is down"));
-        }
-        if link.mtu != plan.mtu {
-            problems.push(format!(
-                "{name}: {POD_IFNAME} has MTU {}, expected {}",
-                link.mtu, plan.mtu
-            ));
-        }
-        // IPv6: the plugin (like the reference plugin) waits for DAD only when the range has a
-        // gateway, so an address may still be tentative right after ADD. Wait for it, within
-        // one deadline for the whole step.
-        let found = loop {
-            let addrs = h
-                .addresses(link.index)
-                .map_err(LabError::netdev(format!("reading addresses in {name}")))?;
-            let found = addrs.into_iter().find(|a| a.addr == addr);
-            match &found {
-                Some(a) if a.tentative && !a.dadfailed && Instant::now() < dad_deadline => {
-                    check_interrupt()?;
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                _ => break found,
-            }
+        let storage = Expect {
+            ifname: STORAGE_IFNAME,
+            addr: att.storage,
+            mode: plan.mode,
+            mtu: plan.mtu,
+            what: "storage network",
         };
-        match found {
-            None => problems.push(format!("{name}: {POD_IFNAME} does not carry its address {addr}")),
-            Some(a) if a.dadfailed => problems.push(format!(
-                "{name}: address {addr} failed IPv6 duplicate address detection"
-            )),
-            Some(a) if a.tentative => problems.push(format!(
-                "{name}: address {addr} is still IPv6-tentative {}s after ADD",
-                DAD_WAIT.as_secs()
-            )),
-            Some(_) => {}
-        }
+        check_link(&mut h, name, &cluster, dad_deadline, &mut problems)?;
+        check_link(&mut h, name, &storage, dad_deadline, &mut problems)?;
     }
     Ok(problems)
 }
 
-/// Addresses must be unique and inside the range; returns the problems.
+/// A network's range, its text, the pod interface and how to get a pod's address on it.
+type Network<'a> = (
+    &'a IpRange,
+    &'a str,
+    &'static str,
+    fn(&Attachment) -> Option<IpNet>,
+);
+
+/// Addresses must be unique and inside their range, on both networks; returns the problems.
 pub fn check_addresses(plan: &Plan, topo: &Topology, attachments: &[Attachment]) -> Vec<String> {
     let mut problems = Vec::new();
-    let mut seen: BTreeMap<IpAddr, &str> = BTreeMap::new();
+    let networks: [Network<'_>; 2] = [
+        (&plan.range, plan.range_text.as_str(), STORAGE_IFNAME, |a| {
+            a.storage
+        }),
+        (&plan.cluster_range, CLUSTER_RANGE, CLUSTER_IFNAME, |a| {
+            a.cluster_address()
+        }),
+    ];
+    for (range, range_text, ifname, address) in networks {
+        let mut seen: BTreeMap<IpAddr, &str> = BTreeMap::new();
+        for att in attachments {
+            let (Some(pod), Some(addr)) = (topo.pods.get(att.pod), address(att)) else {
+                continue;
+            };
+            let name = pod.plan.netns.as_str();
+            if !range.contains(addr.addr()) || addr.prefix_len() != range.prefix_len() {
+                problems.push(format!(
+                    "{name}: {ifname} address {addr} is outside the range {range_text}"
+                ));
+            }
+            if let Some(other) = seen.insert(addr.addr(), name) {
+                problems.push(format!(
+                    "DUPLICATE {ifname} address {}: held by {other} and {name}",
+                    addr.addr()
+                ));
+            }
+        }
+    }
+    problems
+}
+
+/// Longhorn's `GetIPFromPodByCNISetting` on a parsed network-status: the entry whose `name`
+/// equals `setting` exactly, its `ips` sorted as strings, the first one. `None` is Longhorn's
+/// silent fallback to the pod IP.
+pub fn longhorn_storage_ip(status: &[Value], setting: &str) -> Option<String> {
+    let entry = status
+        .iter()
+        .find(|e| e.get("name").and_then(Value::as_str) == Some(setting))?;
+    let mut ips: Vec<String> = entry
+        .get("ips")?
+        .as_array()?
+        .iter()
+        .filter_map(|ip| ip.as_str().map(str::to_string))
+        .collect();
+    ips.sort();
+    ips.into_iter().next()
+}
+
+fn field<'a>(entry: &'a Value, key: &str) -> &'a str {
+    entry.get(key).and_then(Value::as_str).unwrap_or("")
+}
+
+fn is_default(entry: &Value) -> bool {
+    entry.get("default").and_then(Value::as_bool) == Some(true)
+}
+
+fn lists_ip(entry: &Value, addr: Option<IpNet>) -> bool {
+    let Some(addr) = addr else { return false };
+    let want = addr.addr().to_string();
+    entry
+        .get("ips")
+        .and_then(Value::as_array)
+        .is_some_and(|ips| ips.iter().any(|ip| ip.as_str() == Some(want.as_str())))
+}
+
+/// The network-status the meta-plugin published for each pod: exactly two entries, the cluster
+/// network on `eth0` (the only one with `default: true`, listing eth0's address) and
+/// `longhorn-system/storage` on `lhnet1`; and Longhorn's own parse yields the address `lhnet1`
+/// carries. Returns the problems.
+pub fn check_status(topo: &Topology, attachments: &[Attachment]) -> Vec<String> {
+    let mut problems = Vec::new();
     for att in attachments {
-        let (Some(pod), Some(addr)) = (topo.pods.get(att.pod), att.address()) else {
+        let Some(pod) = topo.pods.get(att.pod) else {
             continue;
         };
+        if att.outcome.is_err() {
+            continue;
+        }
         let name = pod.plan.netns.as_str();
-        if !plan.range.contains(addr.addr()) || addr.prefix_len() != plan.range.prefix_len() {
+        let status = match &att.status {
+            Ok(s) => s,
+            Err(e) => {
+                problems.push(format!(
+                    "{name}: no network-status ({e}); Longhorn would silently use the pod IP"
+                ));
+                continue;
+            }
+        };
+        if status.len() != 2 {
             problems.push(format!(
-                "{name}: address {addr} is outside the range {}",
-                plan.range_text
+                "{name}: network-status has {} entries, expected 2 (cluster network + storage)",
+                status.len()
             ));
         }
-        if let Some(other) = seen.insert(addr.addr(), name) {
+        let cluster = status.iter().find(|e| field(e, "interface") == CLUSTER_IFNAME);
+        match cluster {
+            None => problems.push(format!("{name}: network-status has no {CLUSTER_IFNAME} entry")),
+            Some(e) => {
+                if field(e, "name") != CLUSTER_NETWORK_NAME {
+                    problems.push(format!(
+                        "{name}: the {CLUSTER_IFNAME} entry of network-status is named `{}`, expected `{CLUSTER_NETWORK_NAME}`",
+                        field(e, "name")
+                    ));
+                }
+                if !is_default(e) {
+                    problems.push(format!(
+                        "{name}: the cluster network entry of network-status lacks `default: true`"
+                    ));
+                }
+                if !lists_ip(e, att.cluster_address()) {
+                    problems.push(format!(
+                        "{name}: the cluster network entry of network-status does not list eth0's address"
+                    ));
+                }
+            }
+        }
+        let storage = status.iter().find(|e| field(e, "name") == STORAGE_SETTING);
+        match storage {
+            None => problems.push(format!(
+                "{name}: network-status has no entry named `{STORAGE_SETTING}`; Longhorn would silently use the pod IP"
+            )),
+            Some(e) => {
+                if field(e, "interface") != STORAGE_IFNAME {
+                    problems.push(format!(
+                        "{name}: the `{STORAGE_SETTING}` entry of network-status has interface `{}`, expected `{STORAGE_IFNAME}`",
+                        field(e, "interface")
+                    ));
+                }
+            }
+        }
+        let defaults = status.iter().filter(|e| is_default(e)).count();
+        if defaults != 1 || cluster.is_some_and(|c| !is_default(c)) {
             problems.push(format!(
-                "DUPLICATE address {}: held by {other} and {name}",
-                addr.addr()
+                "{name}: network-status has {defaults} entries with `default: true`; only the cluster network may"
+            ));
+        }
+        let longhorn = longhorn_storage_ip(status, STORAGE_SETTING);
+        let lhnet1 = att.storage.map(|a| a.addr().to_string());
+        if longhorn.is_none() || longhorn != lhnet1 {
+            problems.push(format!(
+                "{name}: Longhorn reads storage IP {} from network-status, but {STORAGE_IFNAME} has {}",
+                longhorn.as_deref().unwrap_or("(none)"),
+                lhnet1.as_deref().unwrap_or("(none)")
             ));
         }
     }
     problems
+}
+
+/// The Longhorn cell of the results table: the storage IP Longhorn reads from network-status
+/// and whether it is `lhnet1`'s.
+pub fn describe_longhorn(att: &Attachment) -> String {
+    let Ok(status) = &att.status else {
+        return if att.outcome.is_ok() {
+            "no network-status".into()
+        } else {
+            "-".into()
+        };
+    };
+    match longhorn_storage_ip(status, STORAGE_SETTING) {
+        None => "none (pod IP fallback)".into(),
+        Some(ip) if Some(ip.as_str()) == att.storage.map(|a| a.addr().to_string()).as_deref() => {
+            format!("{ip} ok")
+        }
+        Some(ip) => format!("{ip} MISMATCH"),
+    }
 }
 
 /// What one pod's probes found.
@@ -204,7 +412,7 @@ pub fn ping_mesh(
 ) -> Result<(Vec<Reach>, Vec<String>), LabError> {
     let addr_of: BTreeMap<usize, IpAddr> = attachments
         .iter()
-        .filter_map(|a| a.address().map(|n| (a.pod, n.addr())))
+        .filter_map(|a| a.storage.map(|n| (a.pod, n.addr())))
         .collect();
     let full = plan.full_payload();
     let same = plan.same_node_expectation();
@@ -247,19 +455,16 @@ pub fn ping_mesh(
     Ok((results, problems))
 }
 
-/// After DEL: no macvlan (and no `net1`) left in any pod namespace, no allocation left in the
-/// store. Returns the problems and the number of allocations found.
-pub fn check_leaks(topo: &Topology, store_dir: &std::path::Path) -> Result<Vec<String>, LabError> {
+/// After DEL: no link left in any pod namespace (but `lo`), no allocation left in the store
+/// (either pool), no attachment record left in any node's `cniDir`. Returns the problems.
+pub fn check_leaks(plan: &Plan, topo: &Topology, runtime: &Runtime) -> Result<Vec<String>, LabError> {
     let mut problems = Vec::new();
     for pod in &topo.pods {
         let mut h = pod.ns.handle()?;
         let links = h
             .links()
             .map_err(LabError::netdev(format!("listing links in {}", pod.plan.netns)))?;
-        for l in links
-            .iter()
-            .filter(|l| l.kind.as_deref() == Some("macvlan") || l.name == POD_IFNAME)
-        {
+        for l in links.iter().filter(|l| l.name != "lo") {
             problems.push(format!(
                 "{}: link {} ({}) still present after DEL",
                 pod.plan.netns,
@@ -268,7 +473,7 @@ pub fn check_leaks(topo: &Topology, store_dir: &std::path::Path) -> Result<Vec<S
             ));
         }
     }
-    let store = FileStore::new(store_dir).map_err(LabError::ipam("opening the lab's IPAM store"))?;
+    let store = FileStore::new(runtime.ipam_dir()).map_err(LabError::ipam("opening the lab's IPAM store"))?;
     let left = store
         .allocations()
         .map_err(LabError::ipam("listing the lab's IPAM allocations"))?;
@@ -280,6 +485,22 @@ pub fn check_leaks(topo: &Topology, store_dir: &std::path::Path) -> Result<Vec<S
             a.podref.as_deref().unwrap_or("-"),
             a.ifname
         ));
+    }
+    for node in &plan.nodes {
+        let dir = runtime.node_dirs(node).cni_dir;
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(LabError::io("listing attachment records", &dir)(e)),
+        };
+        for entry in entries.filter_map(Result::ok) {
+            problems.push(format!(
+                "{}: attachment record {} left in {} after DEL",
+                node.netns,
+                entry.file_name().to_string_lossy(),
+                dir.display()
+            ));
+        }
     }
     Ok(problems)
 }
@@ -333,6 +554,23 @@ mod tests {
             ..LabConfig::default()
         };
         Plan::from_config(&cfg).expect("plan")
+    }
+
+    #[test]
+    fn longhorns_parse_takes_the_exact_name_and_the_first_string_sorted_ip() {
+        let status = serde_json::json!([
+            {"name": "cbr0", "interface": "eth0", "ips": ["10.42.0.1"], "default": true},
+            {"name": "storage", "interface": "net1", "ips": ["192.168.4.1"]},
+            {"name": "longhorn-system/storage", "interface": "lhnet1", "ips": ["192.168.4.9", "192.168.4.10"]},
+        ]);
+        let list = status.as_array().expect("list");
+        assert_eq!(
+            longhorn_storage_ip(list, "longhorn-system/storage").as_deref(),
+            Some("192.168.4.10"),
+            "a string sort, not a numeric one"
+        );
+        assert_eq!(longhorn_storage_ip(list, "kube-system/storage"), None);
+        assert_eq!(longhorn_storage_ip(&[], "longhorn-system/storage"), None);
     }
 
     #[test]

@@ -1,4 +1,6 @@
 //! End-to-end tests of `netattach lab` and `netattach lab down`, running the real binary.
+//! The lab attaches every pod through the `netattach` meta-plugin (cluster network on `eth0`,
+//! Longhorn's storage NAD on `lhnet1`), so these also test that path end to end.
 //!
 //! They need root (network namespaces) and fail, never skip, without it. They share the
 //! `nalab-` namespace prefix and `/run/netattach-lab`, so they run one at a time under
@@ -77,26 +79,58 @@ fn start() -> (MutexGuard<'static, ()>, DownOnDrop) {
     (guard, DownOnDrop)
 }
 
+/// One row of the results table, cut at the header's column offsets (cells may hold spaces).
+#[derive(Debug)]
 struct TableRow {
     pod: String,
     node: String,
-    address: String,
+    eth0: String,
+    lhnet1: String,
+    longhorn: String,
     reachability: String,
 }
 
+const HEADERS: [&str; 6] = [
+    "POD",
+    "NODE",
+    "ETH0 (CLUSTER)",
+    "LHNET1 (STORAGE)",
+    "LONGHORN IP",
+    "REACHABILITY",
+];
+
 fn table(stdout: &str) -> Vec<TableRow> {
+    let header = stdout
+        .lines()
+        .find(|l| l.starts_with("POD "))
+        .unwrap_or_else(|| panic!("no table header in:\n{stdout}"));
+    let starts: Vec<usize> = HEADERS
+        .iter()
+        .map(|h| {
+            header
+                .find(h)
+                .unwrap_or_else(|| panic!("no column {h} in {header}"))
+        })
+        .collect();
     stdout
         .lines()
         .filter(|l| l.starts_with("nalab-n"))
         .map(|l| {
-            let cols: Vec<&str> = l.split_whitespace().collect();
-            assert!(cols.len() >= 5, "short table row: {l}");
-            TableRow {
-                pod: cols[0].to_string(),
-                node: cols[1].to_string(),
-                address: cols[3].to_string(),
-                reachability: cols[4..].join(" "),
-            }
+            let cell = |i: usize| -> String {
+                let from = starts[i].min(l.len());
+                let to = starts.get(i + 1).map_or(l.len(), |&e| e.min(l.len()));
+                l[from..to].trim().to_string()
+            };
+            let row = TableRow {
+                pod: cell(0),
+                node: cell(1),
+                eth0: cell(2),
+                lhnet1: cell(3),
+                longhorn: cell(4),
+                reachability: cell(5),
+            };
+            assert!(!row.reachability.is_empty(), "short table row: {l}");
+            row
         })
         .collect()
 }
@@ -105,12 +139,110 @@ fn last_line(stdout: &str) -> &str {
     stdout.lines().last().unwrap_or_default()
 }
 
-fn ipv4_of(cidr: &str) -> Ipv4Addr {
+fn ipv4_with_prefix(cidr: &str, want_prefix: &str) -> Ipv4Addr {
     let (ip, prefix) = cidr
         .split_once('/')
         .unwrap_or_else(|| panic!("no prefix in {cidr}"));
-    assert_eq!(prefix, "24", "{cidr}");
+    assert_eq!(prefix, want_prefix, "{cidr}");
     ip.parse().unwrap_or_else(|e| panic!("{cidr}: {e}"))
+}
+
+/// A storage (`lhnet1`) address from the table: in 198.18.4.0/24.
+fn ipv4_of(cidr: &str) -> Ipv4Addr {
+    ipv4_with_prefix(cidr, "24")
+}
+
+/// Every row: eth0 from the cluster network (10.42.0.0/16, unique), lhnet1 from the storage
+/// range (198.18.4.0/24, unique), and the storage IP Longhorn reads from network-status is
+/// exactly lhnet1's address.
+#[track_caller]
+fn assert_both_networks(rows: &[TableRow]) {
+    let mut cluster: Vec<Ipv4Addr> = Vec::new();
+    let mut storage: Vec<Ipv4Addr> = Vec::new();
+    for r in rows {
+        let eth0 = ipv4_with_prefix(&r.eth0, "16");
+        assert_eq!(
+            eth0.octets()[..2],
+            [10, 42],
+            "{}: eth0 {eth0} outside 10.42.0.0/16",
+            r.pod
+        );
+        let lhnet1 = ipv4_of(&r.lhnet1);
+        assert_eq!(
+            lhnet1.octets()[..3],
+            [198, 18, 4],
+            "{}: lhnet1 {lhnet1} outside 198.18.4.0/24",
+            r.pod
+        );
+        assert_eq!(
+            r.longhorn,
+            format!("{lhnet1} ok"),
+            "{}: Longhorn's parse of network-status must give lhnet1's address",
+            r.pod
+        );
+        cluster.push(eth0);
+        storage.push(lhnet1);
+    }
+    for addrs in [&mut cluster, &mut storage] {
+        let n = addrs.len();
+        addrs.sort();
+        addrs.dedup();
+        assert_eq!(addrs.len(), n, "addresses are not distinct: {rows:?}");
+    }
+}
+
+/// The detach step reports no link, no allocation in either pool and no record left.
+#[track_caller]
+fn assert_detached_clean(stdout: &str) {
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("[7/7] detaching"))
+        .unwrap_or_else(|| panic!("no detach step in:\n{stdout}"));
+    for want in [
+        "done",
+        "no link left in any pod",
+        "0 allocations in both pools (10.42.0.0/16, 198.18.4.0/24)",
+        "no attachment record left",
+    ] {
+        assert!(line.contains(want), "detach line lacks {want:?}: {line}");
+    }
+}
+
+/// Longhorn's `GetIPFromPodByCNISetting`, done here independently of the lab: the entry named
+/// exactly `setting`, its ips string-sorted, the first.
+fn longhorn_storage_ip(status: &serde_json::Value, setting: &str) -> Option<String> {
+    let entry = status
+        .as_array()?
+        .iter()
+        .find(|e| e["name"].as_str() == Some(setting))?;
+    let mut ips: Vec<String> = entry["ips"]
+        .as_array()?
+        .iter()
+        .filter_map(|ip| ip.as_str().map(str::to_string))
+        .collect();
+    ips.sort();
+    ips.into_iter().next()
+}
+
+/// The global-scope addresses of `ifname` in the lab namespace `netns`; `None` when the link
+/// is missing.
+fn addresses_in(netns: &str, ifname: &str) -> Option<Vec<String>> {
+    let ns = netattach_netdev::Netns::open(&Path::new("/run/netns").join(netns))
+        .unwrap_or_else(|e| panic!("open {netns}: {e}"));
+    let mut h = netattach_netdev::Handle::in_netns(&ns).unwrap_or_else(|e| panic!("netlink in {netns}: {e}"));
+    let link = h
+        .link_by_name(ifname)
+        .unwrap_or_else(|e| panic!("{ifname} in {netns}: {e}"))?;
+    let addrs = h
+        .addresses(link.index)
+        .unwrap_or_else(|e| panic!("addresses in {netns}: {e}"));
+    Some(
+        addrs
+            .into_iter()
+            .filter(|a| a.scope == 0)
+            .map(|a| a.addr.to_string())
+            .collect(),
+    )
 }
 
 #[test]
@@ -135,13 +267,12 @@ fn lab_passes_with_distinct_addresses_and_leaves_nothing() {
 
     let rows = table(&stdout);
     assert_eq!(rows.len(), 4, "table rows");
-    let mut addrs: Vec<Ipv4Addr> = rows.iter().map(|r| ipv4_of(&r.address)).collect();
-    for a in &addrs {
-        assert_eq!(a.octets()[..3], [198, 18, 4], "{a} outside 198.18.4.0/24");
-    }
-    addrs.sort();
-    addrs.dedup();
-    assert_eq!(addrs.len(), 4, "addresses are not distinct");
+    assert_both_networks(&rows);
+    assert_detached_clean(&stdout);
+    assert!(
+        stdout.contains("[5/7] reading network-status as Longhorn does"),
+        "no network-status step"
+    );
     let pods: Vec<&str> = rows.iter().map(|r| r.pod.as_str()).collect();
     assert_eq!(pods, ["nalab-n1-p1", "nalab-n1-p2", "nalab-n2-p1", "nalab-n2-p2"]);
     assert!(rows.iter().all(|r| r.pod.starts_with(&r.node)));
@@ -212,8 +343,48 @@ fn keep_leaves_a_working_lab_until_down() {
             .iter()
             .find(|r| r.pod == pod)
             .unwrap_or_else(|| panic!("{pod} not in the table"));
-        IpAddr::V4(ipv4_of(&row.address))
+        IpAddr::V4(ipv4_of(&row.lhnet1))
     };
+    assert_both_networks(&rows);
+
+    // What the meta-plugin left while attached: in each pod eth0 and lhnet1 with the table's
+    // addresses; a network-status whose Longhorn parse is lhnet1's address, `default` only on
+    // the cluster network; and one attachment record per pod in its node's cniDir.
+    for r in &rows {
+        let eth0 = addresses_in(&r.pod, "eth0").unwrap_or_else(|| panic!("{}: no eth0", r.pod));
+        assert_eq!(eth0, std::slice::from_ref(&r.eth0), "{}: eth0", r.pod);
+        let lhnet1 = addresses_in(&r.pod, "lhnet1").unwrap_or_else(|| panic!("{}: no lhnet1", r.pod));
+        assert_eq!(lhnet1, std::slice::from_ref(&r.lhnet1), "{}: lhnet1", r.pod);
+        let path = format!(
+            "/run/netattach-lab/k8s/pods/longhorn-system/{}.status.json",
+            r.pod
+        );
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let status: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let lhnet1_ip = r.lhnet1.split('/').next().map(str::to_string);
+        assert_eq!(
+            longhorn_storage_ip(&status, "longhorn-system/storage"),
+            lhnet1_ip,
+            "{path}: {status}"
+        );
+        let entries = status.as_array().unwrap_or_else(|| panic!("{path}: not a list"));
+        assert_eq!(entries.len(), 2, "{path}: {status}");
+        let defaults: Vec<&str> = entries
+            .iter()
+            .filter(|e| e["default"] == serde_json::json!(true))
+            .filter_map(|e| e["interface"].as_str())
+            .collect();
+        assert_eq!(defaults, ["eth0"], "{path}: default only on the cluster network");
+    }
+    for node in ["nalab-n1", "nalab-n2"] {
+        let dir = format!("/run/netattach-lab/nodes/{node}/cni");
+        let records = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{dir}: {e}"))
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+            .count();
+        assert_eq!(records, 2, "{dir}: one attachment record per attached pod");
+    }
     for (src, dst) in [
         ("nalab-n1-p1", "nalab-n2-p2"),
         ("nalab-n2-p1", "nalab-n1-p2"),
@@ -243,7 +414,7 @@ fn keep_leaves_a_working_lab_until_down() {
 #[test]
 fn bad_input_is_refused_before_anything_is_built() {
     let _serial = start();
-    let cases: [(&[&str], &[&str]); 4] = [
+    let cases: [(&[&str], &[&str]); 5] = [
         (&["lab", "--mode", "source"], &["--mode", "source", "fix:"]),
         (
             &[
@@ -262,6 +433,10 @@ fn bad_input_is_refused_before_anything_is_built() {
             &["--mode", "one macvlan per master", "fix:"],
         ),
         (&["lab", "--mtu", "100"], &["--mtu", "100", "fix:"]),
+        (
+            &["lab", "--range", "10.42.0.0/24"],
+            &["--range", "10.42.0.0/24", "overlaps", "cluster network", "fix:"],
+        ),
     ];
     for (args, wants) in cases {
         let out = netattach(args);
@@ -309,6 +484,8 @@ fn private_mode_passes_with_same_node_pairs_isolated() {
     );
     let rows = table(&stdout);
     assert_eq!(rows.len(), 4);
+    assert_both_networks(&rows);
+    assert_detached_clean(&stdout);
     for r in &rows {
         assert!(
             r.reachability.starts_with("2/2 ok"),
@@ -349,7 +526,10 @@ fn vepa_mode_reaches_same_node_pods_through_the_switch() {
         "last line: {}",
         last_line(&stdout)
     );
-    for r in table(&stdout) {
+    let rows = table(&stdout);
+    assert_both_networks(&rows);
+    assert_detached_clean(&stdout);
+    for r in rows {
         assert!(
             r.reachability.contains("same node 1/1 ok"),
             "{}: {}",
