@@ -57,7 +57,24 @@ pub enum Request {
     },
     /// Is the daemon ready (caches synced)?
     Ready,
+    /// Record a Kubernetes Event (type Warning) on the pod: a failed ADD, so that
+    /// `kubectl describe pod` says why (as Multus' `NoNetworkFound`). Best effort on both sides.
+    Event {
+        /// Pod namespace.
+        namespace: String,
+        /// Pod name.
+        name: String,
+        /// Pod UID (`involvedObject.uid`), when known.
+        uid: Option<String>,
+        /// A CamelCase reason such as `NoNetworkFound` or `InvalidNetworkAnnotation`.
+        reason: String,
+        /// The message: the CNI error, naming the field, the value and the fix.
+        message: String,
+    },
 }
+
+/// The `reason` of the Event for a failed ADD that has no more specific one.
+pub const EVENT_REASON_ADD_FAILED: &str = "ErrorAddingNetwork";
 
 /// What the daemon answers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -132,6 +149,21 @@ mod tests {
         write_message(&mut buf, &resp).expect("write");
         assert!(String::from_utf8_lossy(&buf).contains(r#""result":"error""#));
         assert_eq!(read_message::<Response>(buf.as_slice()).expect("read"), resp);
+    }
+
+    #[test]
+    fn the_event_request_is_tagged_event() {
+        let req = Request::Event {
+            namespace: "ns".into(),
+            name: "p".into(),
+            uid: None,
+            reason: "NoNetworkFound".into(),
+            message: "m".into(),
+        };
+        let mut buf = Vec::new();
+        write_message(&mut buf, &req).expect("write");
+        assert!(String::from_utf8_lossy(&buf).contains(r#""op":"event""#));
+        assert_eq!(read_message::<Request>(buf.as_slice()).expect("read"), req);
     }
 
     #[test]

@@ -209,6 +209,23 @@ impl Error {
         }
     }
 
+    /// The `reason` of the Kubernetes Event a failed ADD with this error raises on the pod:
+    /// `NoNetworkFound` (as Multus) for a missing NAD or CNI config, `InvalidNetworkAnnotation`
+    /// for an annotation that does not parse or names a bad interface, `NetworkNotAllowed` under
+    /// namespaceIsolation, `InvalidNetworkConfig` for a bad NAD or config, and
+    /// `ErrorAddingNetwork` for the rest.
+    pub fn event_reason(&self) -> &'static str {
+        match self {
+            Error::NadNotFound { .. } | Error::NotFound { .. } => "NoNetworkFound",
+            Error::Annotation(_) | Error::DuplicateInterface { .. } => "InvalidNetworkAnnotation",
+            Error::NamespaceIsolation { .. } => "NetworkNotAllowed",
+            Error::Config(_) => "InvalidNetworkConfig",
+            Error::Source(_) | Error::Io { .. } | Error::Corrupt { .. } => {
+                crate::daemon_api::EVENT_REASON_ADD_FAILED
+            }
+        }
+    }
+
     pub(crate) fn io(op: impl Into<String>, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             op: op.into(),
@@ -265,6 +282,7 @@ mod tests {
             wanted_by: "x".into(),
         };
         assert_eq!(nf.code(), 7);
+        assert_eq!(nf.event_reason(), "NoNetworkFound");
         assert!(nf.to_string().contains("`a/b`"));
         let retry = Error::Source(crate::delegates::SourceError::retryable("cache not synced"));
         assert_eq!(retry.code(), code::TRY_AGAIN_LATER);

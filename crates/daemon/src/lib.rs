@@ -139,6 +139,7 @@ async fn run_async(args: DaemonArgs) -> Result<(), Error> {
     let state = Arc::new(server::State {
         caches: caches.clone(),
         client,
+        node: node.clone(),
         metrics: metrics.clone(),
         publish_timeout: Duration::from_secs(args.publish_timeout),
     });

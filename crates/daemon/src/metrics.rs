@@ -6,7 +6,7 @@
 //! (200 once the caches are synced, else 503), one request per connection.
 //!
 //! Metrics (all prefixed `netattach_daemon_`):
-//! - `requests_total{op}`: socket requests by op (`resolve`, `publish_status`, `ready`, `invalid`);
+//! - `requests_total{op}`: socket requests by op (`resolve`, `publish_status`, `ready`, `event`, `invalid`);
 //! - `request_duration_seconds{op}`: their latency (histogram);
 //! - `errors_total{code}`: error answers by CNI error code;
 //! - `in_flight_requests`: socket connections being served;
@@ -26,7 +26,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// The socket operations, as metric labels.
-pub const OPS: [&str; 4] = ["resolve", "publish_status", "ready", "invalid"];
+pub const OPS: [&str; 5] = ["resolve", "publish_status", "ready", "event", "invalid"];
 
 /// Histogram bucket upper bounds, in seconds.
 const BUCKETS: [f64; 14] = [

@@ -5,7 +5,9 @@
 //! - `PublishStatus` makes exactly one API call: a JSON merge patch of the network-status
 //!   annotation through `pods/status` (as Multus does), with `metadata.uid` in the patch as a
 //!   precondition when the uid is known (the apiserver refuses a patch whose uid differs);
-//! - `Ready` is `Ok` once both caches have synced.
+//! - `Ready` is `Ok` once both caches have synced;
+//! - `Event` creates one core/v1 Warning Event about the pod (a failed ADD), so that
+//!   `kubectl describe pod` shows why; best effort, bounded like `PublishStatus`.
 //!
 //! Every transient failure is CNI code 11 ("try again later"); a request that does not parse
 //! is code 6 (decoding failure).
@@ -16,8 +18,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Patch, PatchParams};
+use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
+use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use netattach_cluster::annotation::NETWORK_STATUS_ANNOTATION;
 use netattach_cluster::daemon_api::{MAX_MESSAGE, Request, Response, read_message, write_message};
@@ -37,8 +40,10 @@ pub const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct State {
     /// The watch caches.
     pub caches: Caches,
-    /// The API client (for `PublishStatus` only).
+    /// The API client (for `PublishStatus` and `Event` only).
     pub client: Client,
+    /// This node's name (`source.host` of the Events).
+    pub node: String,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Upper bound of one `PublishStatus` API call.
@@ -205,6 +210,90 @@ async fn handle(state: &State, request: Request) -> (&'static str, Response) {
             "publish_status",
             publish_status(state, &namespace, &name, uid.as_deref(), &status).await,
         ),
+        Request::Event {
+            namespace,
+            name,
+            uid,
+            reason,
+            message,
+        } => {
+            let event = pod_event(&state.node, &namespace, &name, uid.as_deref(), &reason, &message);
+            ("event", create_event(state, &namespace, &name, &event).await)
+        }
+    }
+}
+
+/// Longest Event message the daemon sends (the apiserver refuses longer notes on the
+/// events.k8s.io API; core/v1 keeps the same bound here to stay readable).
+pub const EVENT_MESSAGE_MAX: usize = 1024;
+
+/// The core/v1 Warning Event about pod `namespace/name` that [`Request::Event`] creates.
+pub fn pod_event(
+    node: &str,
+    namespace: &str,
+    name: &str,
+    uid: Option<&str>,
+    reason: &str,
+    message: &str,
+) -> Event {
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let mut note = message.to_string();
+    if note.len() > EVENT_MESSAGE_MAX {
+        let mut cut = EVENT_MESSAGE_MAX - 3;
+        while !note.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        note.truncate(cut);
+        note.push_str("...");
+    }
+    Event {
+        metadata: ObjectMeta {
+            generate_name: Some(format!("{name}.")),
+            namespace: Some(namespace.to_string()),
+            ..ObjectMeta::default()
+        },
+        involved_object: ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Pod".into()),
+            namespace: Some(namespace.to_string()),
+            name: Some(name.to_string()),
+            uid: uid.filter(|u| !u.is_empty()).map(str::to_string),
+            ..ObjectReference::default()
+        },
+        reason: Some(reason.to_string()),
+        message: Some(note),
+        type_: Some("Warning".into()),
+        count: Some(1),
+        first_timestamp: Some(Time(now)),
+        last_timestamp: Some(Time(now)),
+        event_time: None::<MicroTime>,
+        source: Some(EventSource {
+            component: Some("netattach".into()),
+            host: Some(node.to_string()),
+        }),
+        reporting_component: Some("netattach".into()),
+        reporting_instance: Some(node.to_string()),
+        ..Event::default()
+    }
+}
+
+async fn create_event(state: &State, namespace: &str, name: &str, event: &Event) -> Response {
+    let api: Api<Event> = Api::namespaced(state.client.clone(), namespace);
+    let params = PostParams::default();
+    let result = tokio::time::timeout(state.publish_timeout, api.create(&params, event)).await;
+    let message = match result {
+        Ok(Ok(_)) => {
+            tracing::info!(%namespace, %name, reason = ?event.reason, "recorded an event on the pod");
+            return Response::Ok;
+        }
+        Ok(Err(kube::Error::Api(s))) => format!("{} ({}, HTTP {})", s.message, s.reason, s.code),
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => format!("no answer from the API within {:?}", state.publish_timeout),
+    };
+    tracing::warn!(%namespace, %name, error = %message, "recording an event failed");
+    Response::Error {
+        code: code::TRY_AGAIN_LATER,
+        message: format!("creating an event about pod {namespace}/{name}: {message}"),
     }
 }
 
@@ -286,6 +375,28 @@ mod tests {
         let p = status_patch(None, &status)?;
         assert!(p["metadata"].get("uid").is_none());
         Ok(())
+    }
+
+    #[test]
+    fn the_event_is_a_warning_about_the_pod_with_a_bounded_message() {
+        let long = "é".repeat(EVENT_MESSAGE_MAX);
+        let e = pod_event("node-1", "ns", "p", Some("u1"), "NoNetworkFound", &long);
+        assert_eq!(e.type_.as_deref(), Some("Warning"));
+        assert_eq!(e.reason.as_deref(), Some("NoNetworkFound"));
+        assert_eq!(e.involved_object.kind.as_deref(), Some("Pod"));
+        assert_eq!(e.involved_object.name.as_deref(), Some("p"));
+        assert_eq!(e.involved_object.uid.as_deref(), Some("u1"));
+        assert_eq!(e.metadata.namespace.as_deref(), Some("ns"));
+        assert_eq!(e.source.and_then(|s| s.host).as_deref(), Some("node-1"));
+        let msg = e.message.unwrap_or_default();
+        assert!(
+            msg.len() <= EVENT_MESSAGE_MAX && msg.ends_with("..."),
+            "{}",
+            msg.len()
+        );
+        let short = pod_event("n", "ns", "p", None, "r", "short");
+        assert_eq!(short.message.as_deref(), Some("short"));
+        assert!(short.involved_object.uid.is_none());
     }
 
     #[test]

@@ -41,6 +41,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
+use netattach_cluster::daemon_api::EVENT_REASON_ADD_FAILED;
 use netattach_cluster::delegates::{DirConfSource, cni_args_for, delegate_cni_args};
 use netattach_cluster::record::{self, AttachmentRecord, PodRef, RecordedDelegate};
 use netattach_cluster::status::{NetworkStatus, statuses_from_result};
@@ -77,12 +78,14 @@ fn pod_label(pod: &PodInfo, container_id: &str) -> String {
     }
 }
 
-/// Resolves the delegates; without a pod only the cluster network runs (as Multus).
+/// Resolves the delegates; without a pod only the cluster network runs (as Multus). On a
+/// failure `reason` gets the reason of the pod Event it deserves.
 fn delegates_for(
     meta: &MetaConfig,
     pod: Option<&PodInfo>,
     ifname: &str,
     nads: &dyn NadSource,
+    reason: &mut &'static str,
 ) -> Result<Vec<Delegate>, CniError> {
     let result = match pod {
         Some(p) => resolve(meta, p, ifname, nads, &DirConfSource),
@@ -94,7 +97,10 @@ fn delegates_for(
             resolve(&bare, &PodInfo::default(), ifname, nads, &DirConfSource)
         }
     };
-    result.map_err(CniError::from)
+    result.map_err(|e| {
+        *reason = e.event_reason();
+        CniError::from(e)
+    })
 }
 
 fn args_string(pod_args: &CniArgs, d: &RecordedDelegate) -> Result<String, CniError> {
@@ -187,66 +193,29 @@ fn combine(what: &str, errors: Vec<CniError>) -> Result<(), CniError> {
 }
 
 impl Meta {
-    /// Tears an ADD down after `failure`, and builds the error to return.
-    #[allow(
-        clippy::too_many_arguments,
-        reason = "one call site, all plain borrowed state"
-    )]
-    fn abort(
+    /// ADD; `reason` is set to the Event reason of a resolution failure.
+    fn add_with(
         &self,
         meta: &MetaConfig,
-        rec: &AttachmentRecord,
-        last: usize,
-        pod_args: &CniArgs,
-        netns: Option<&Path>,
-        path: &[PathBuf],
-        who: &str,
-        failure: CniError,
-    ) -> CniError {
-        let errors = teardown(
-            &rec.delegates,
-            last,
-            pod_args,
-            &rec.container_id,
-            netns,
-            path,
-            who,
-        );
-        if errors.is_empty() {
-            if let Err(e) = record::remove(&meta.cni_dir, &rec.container_id) {
-                tracing::warn!(error = %e, "could not remove the attachment record after a clean teardown");
-            }
-            return failure;
-        }
-        let listed: Vec<String> = errors.iter().map(ToString::to_string).collect();
-        tracing::error!(errors = ?listed, "teardown after a failed ADD was incomplete; the record is kept for DEL");
-        let mut failure = failure;
-        failure.details = format!(
-            "{}; the teardown also failed ({}); the attachment record is kept so the runtime's DEL retries it",
-            failure.details,
-            listed.join("; ")
-        );
-        failure
-    }
-}
-
-impl Plugin for Meta {
-    fn about(&self) -> String {
-        format!("netattach meta-plugin {}", env!("CARGO_PKG_VERSION"))
-    }
-
-    fn add(&self, req: &Request) -> Result<CniResult, CniError> {
-        let meta = parse_meta(req)?;
+        req: &Request,
+        reason: &mut &'static str,
+    ) -> Result<CniResult, CniError> {
         let cid = req.inv.container_id.as_str();
         let netns = req.inv.netns.as_deref();
-        source::wait_readiness(&meta)?;
+        source::wait_readiness(meta)?;
         let key = source::pod_key(&req.inv.args)?;
-        let lookup = source::lookup(&meta, key.as_ref())?;
-        let delegates = delegates_for(&meta, lookup.pod.as_ref(), &req.inv.ifname, lookup.nads.as_ref())?;
+        let lookup = source::lookup(meta, key.as_ref())?;
+        let delegates = delegates_for(
+            meta,
+            lookup.pod.as_ref(),
+            &req.inv.ifname,
+            lookup.nads.as_ref(),
+            reason,
+        )?;
         let pod = lookup.pod.clone().unwrap_or_default();
         let who = pod_label(&pod, cid);
         let pod_args = cni_args_for(&pod, cid, &req.inv.args)?;
-        let path = plugin_path(&meta, &req.inv.path);
+        let path = plugin_path(meta, &req.inv.path);
 
         // An old record for this container: an earlier ADD that was not DELeted. Undo it first
         // so nothing it holds is forgotten when the record is overwritten.
@@ -301,7 +270,7 @@ impl Plugin for Meta {
             if let Some(e) = failure {
                 let e = about_delegate(e, "adding", &who, &rec.delegates[i]);
                 tracing::error!(error = %e, "delegate ADD failed; tearing down");
-                return Err(self.abort(&meta, &rec, i, &pod_args, netns, &path, &who, e));
+                return Err(self.abort(meta, &rec, i, &pod_args, netns, &path, &who, e));
             }
             tracing::info!(
                 network = %rec.delegates[i].network_name,
@@ -313,7 +282,7 @@ impl Plugin for Meta {
         let last = rec.delegates.len().saturating_sub(1);
         let status = statuses(&rec.delegates);
         let published = match (&lookup.pod, status) {
-            (Some(p), Ok(st)) => source::publish(&meta, p, &st),
+            (Some(p), Ok(st)) => source::publish(meta, p, &st),
             (None, Ok(_)) => Ok(()),
             (_, Err(e)) => Err(e),
         };
@@ -322,7 +291,7 @@ impl Plugin for Meta {
                 "{who}: every network was attached but the network-status could not be published ({}); everything was torn down so the pod never runs without its status",
                 e.details
             ));
-            return Err(self.abort(&meta, &rec, last, &pod_args, netns, &path, &who, e));
+            return Err(self.abort(meta, &rec, last, &pod_args, netns, &path, &who, e));
         }
 
         let master = rec
@@ -331,6 +300,66 @@ impl Plugin for Meta {
             .and_then(|d| d.result.as_ref())
             .ok_or_else(|| CniError::internal("the cluster network has no result"))?;
         CniResult::from_value(master).map_err(|e| e.context("the cluster network's result"))
+    }
+
+    /// Tears an ADD down after `failure`, and builds the error to return.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one call site, all plain borrowed state"
+    )]
+    fn abort(
+        &self,
+        meta: &MetaConfig,
+        rec: &AttachmentRecord,
+        last: usize,
+        pod_args: &CniArgs,
+        netns: Option<&Path>,
+        path: &[PathBuf],
+        who: &str,
+        failure: CniError,
+    ) -> CniError {
+        let errors = teardown(
+            &rec.delegates,
+            last,
+            pod_args,
+            &rec.container_id,
+            netns,
+            path,
+            who,
+        );
+        if errors.is_empty() {
+            if let Err(e) = record::remove(&meta.cni_dir, &rec.container_id) {
+                tracing::warn!(error = %e, "could not remove the attachment record after a clean teardown");
+            }
+            return failure;
+        }
+        let listed: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        tracing::error!(errors = ?listed, "teardown after a failed ADD was incomplete; the record is kept for DEL");
+        let mut failure = failure;
+        failure.details = format!(
+            "{}; the teardown also failed ({}); the attachment record is kept so the runtime's DEL retries it",
+            failure.details,
+            listed.join("; ")
+        );
+        failure
+    }
+}
+
+impl Plugin for Meta {
+    fn about(&self) -> String {
+        format!("netattach meta-plugin {}", env!("CARGO_PKG_VERSION"))
+    }
+
+    fn add(&self, req: &Request) -> Result<CniResult, CniError> {
+        let meta = parse_meta(req)?;
+        let mut reason = EVENT_REASON_ADD_FAILED;
+        let outcome = self.add_with(&meta, req, &mut reason);
+        if let Err(e) = &outcome {
+            // Kubernetes mode: a Warning Event on the pod says why (best effort; the CNI error
+            // is returned unchanged whatever happens to the event).
+            source::report_add_failure(&meta, &req.inv.args, reason, e);
+        }
+        outcome
     }
 
     fn del(&self, req: &Request) -> Result<(), CniError> {

@@ -239,6 +239,42 @@ pub fn publish(meta: &MetaConfig, pod: &PodInfo, statuses: &[NetworkStatus]) -> 
     }
 }
 
+/// I/O timeout of the one attempt to record an Event: short, it must never delay the error.
+const EVENT_IO_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// After a failed ADD in Kubernetes mode: asks the daemon to record a Warning Event with
+/// `reason` and the error on the pod named by `CNI_ARGS`. One attempt, best effort: a failure
+/// is only logged, and the caller returns its CNI error unchanged. Nothing in local mode or
+/// without a pod.
+pub fn report_add_failure(meta: &MetaConfig, args: &CniArgs, reason: &str, error: &CniError) {
+    if meta.local_source.is_some() {
+        return;
+    }
+    let Ok(Some(key)) = pod_key(args) else {
+        return;
+    };
+    let req = Request::Event {
+        namespace: key.namespace.clone(),
+        name: key.name.clone(),
+        uid: key.uid,
+        reason: reason.to_string(),
+        message: format!("netattach: {error}"),
+    };
+    let sent = UnixStream::connect(&meta.daemon_socket).and_then(|mut stream| {
+        stream.set_read_timeout(Some(EVENT_IO_TIMEOUT))?;
+        stream.set_write_timeout(Some(EVENT_IO_TIMEOUT))?;
+        write_message(&mut stream, &req)?;
+        read_message::<Response>(&stream)
+    });
+    match sent {
+        Ok(Response::Ok) => {}
+        Ok(other) => tracing::warn!(response = ?other, "the daemon did not record the pod event"),
+        Err(e) => {
+            tracing::warn!(error = %e, socket = %meta.daemon_socket.display(), "could not ask the daemon to record the pod event")
+        }
+    }
+}
+
 /// STATUS in Kubernetes mode: the daemon must answer `Ready` (one attempt; code 50 otherwise).
 pub fn daemon_ready(meta: &MetaConfig) -> Result<(), CniError> {
     if meta.local_source.is_some() {
