@@ -43,6 +43,10 @@ pub enum Request {
         uid: Option<String>,
         /// NADs named by the meta config.
         extra: Vec<NadKey>,
+        /// The meta config's `multusNamespace`: where a bare
+        /// `v1.multus-cni.io/default-network` name is looked up (kube-system when absent).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        multus_namespace: Option<String>,
     },
     /// Write `k8s.v1.cni.cncf.io/network-status` on the pod (through `pods/status`).
     PublishStatus {
@@ -135,6 +139,7 @@ mod tests {
                 namespace: "kube-system".into(),
                 name: "storage".into(),
             }],
+            multus_namespace: None,
         };
         let mut buf = Vec::new();
         write_message(&mut buf, &req).expect("write");

@@ -172,7 +172,11 @@ where
 /// The NADs a pod references, in order, without duplicates: the default-network NAD, then the
 /// networks annotation's, then `extra`. An annotation that does not parse contributes nothing:
 /// the shim parses it again and reports the error with field and fix.
-pub fn referenced_nads(pod: Option<&PodInfo>, extra: &[NadKey]) -> Vec<NadKey> {
+pub fn referenced_nads(
+    pod: Option<&PodInfo>,
+    extra: &[NadKey],
+    default_network_namespace: &str,
+) -> Vec<NadKey> {
     let mut keys: Vec<NadKey> = Vec::new();
     let mut push = |k: NadKey| {
         if !keys.contains(&k) {
@@ -182,7 +186,7 @@ pub fn referenced_nads(pod: Option<&PodInfo>, extra: &[NadKey]) -> Vec<NadKey> {
     if let Some(pod) = pod {
         let annotations: &BTreeMap<String, String> = &pod.annotations;
         if let Some(value) = annotations.get(DEFAULT_NETWORK_ANNOTATION) {
-            match parse_default_network(value, DEFAULT_NETWORK_NAMESPACE) {
+            match parse_default_network(value, default_network_namespace) {
                 Ok(Some(sel)) => push(NadKey {
                     namespace: sel.namespace,
                     name: sel.name,
@@ -218,6 +222,7 @@ pub fn resolve(
     pod: Option<PodInfo>,
     uid: Option<&str>,
     extra: &[NadKey],
+    default_network_namespace: &str,
     nad: impl Fn(&str, &str) -> Option<Nad>,
 ) -> Response {
     if let (Some(cached), Some(want)) = (&pod, uid.filter(|u| !u.is_empty()))
@@ -234,7 +239,7 @@ pub fn resolve(
     }
     let mut nads = Vec::new();
     let mut missing = Vec::new();
-    for key in referenced_nads(pod.as_ref(), extra) {
+    for key in referenced_nads(pod.as_ref(), extra, default_network_namespace) {
         match nad(&key.namespace, &key.name) {
             Some(n) => nads.push(n),
             None => missing.push(key),
@@ -291,7 +296,11 @@ mod tests {
             ),
         ]);
         assert_eq!(
-            referenced_nads(Some(&p), &[key("kube-system", "extra"), key("app", "a")]),
+            referenced_nads(
+                Some(&p),
+                &[key("kube-system", "extra"), key("app", "a")],
+                DEFAULT_NETWORK_NAMESPACE
+            ),
             vec![
                 key("kube-system", "cluster-net"),
                 key("app", "a"),
@@ -301,7 +310,7 @@ mod tests {
         );
         let p = pod(&[(NETWORKS_ANNOTATION, "a@lhnet1, other/b")]);
         assert_eq!(
-            referenced_nads(Some(&p), &[]),
+            referenced_nads(Some(&p), &[], DEFAULT_NETWORK_NAMESPACE),
             vec![key("app", "a"), key("other", "b")]
         );
     }
@@ -309,13 +318,22 @@ mod tests {
     #[test]
     fn an_unparsable_annotation_contributes_nothing() {
         let p = pod(&[(NETWORKS_ANNOTATION, "a,,b")]);
-        assert_eq!(referenced_nads(Some(&p), &[key("x", "y")]), vec![key("x", "y")]);
+        assert_eq!(
+            referenced_nads(Some(&p), &[key("x", "y")], DEFAULT_NETWORK_NAMESPACE),
+            vec![key("x", "y")]
+        );
     }
 
     #[test]
     fn resolve_splits_found_and_missing() {
         let p = pod(&[(NETWORKS_ANNOTATION, "a,b")]);
-        let r = resolve(Some(p.clone()), Some("u1"), &[], nads(&[("app", "a")]));
+        let r = resolve(
+            Some(p.clone()),
+            Some("u1"),
+            &[],
+            DEFAULT_NETWORK_NAMESPACE,
+            nads(&[("app", "a")]),
+        );
         let Response::Resolved { pod, nads, missing } = r else {
             panic!("not resolved: {r:?}");
         };
@@ -325,15 +343,36 @@ mod tests {
     }
 
     #[test]
+    fn a_bare_default_network_is_looked_up_in_the_multus_namespace_the_shim_sends() {
+        let p = pod(&[(DEFAULT_NETWORK_ANNOTATION, "cluster-net")]);
+        assert_eq!(
+            referenced_nads(Some(&p), &[], "netattach-system"),
+            vec![key("netattach-system", "cluster-net")]
+        );
+    }
+
+    #[test]
     fn a_uid_mismatch_is_retryable_and_an_absent_pod_is_none() {
-        let r = resolve(Some(pod(&[])), Some("u2"), &[], nads(&[]));
+        let r = resolve(
+            Some(pod(&[])),
+            Some("u2"),
+            &[],
+            DEFAULT_NETWORK_NAMESPACE,
+            nads(&[]),
+        );
         assert!(
             matches!(r, Response::Error { code: 11, ref message } if message.contains("u2")),
             "{r:?}"
         );
-        let r = resolve(Some(pod(&[])), None, &[], nads(&[]));
+        let r = resolve(Some(pod(&[])), None, &[], DEFAULT_NETWORK_NAMESPACE, nads(&[]));
         assert!(matches!(r, Response::Resolved { pod: Some(_), .. }));
-        let r = resolve(None, Some("u2"), &[key("k", "n")], nads(&[("k", "n")]));
+        let r = resolve(
+            None,
+            Some("u2"),
+            &[key("k", "n")],
+            DEFAULT_NETWORK_NAMESPACE,
+            nads(&[("k", "n")]),
+        );
         assert!(
             matches!(r, Response::Resolved { pod: None, ref nads, .. } if nads.len() == 1),
             "{r:?}"

@@ -192,12 +192,21 @@ async fn handle(state: &State, request: Request) -> (&'static str, Response) {
             name,
             uid,
             extra,
+            multus_namespace,
         } => {
             if !state.metrics.synced() {
                 return ("resolve", not_synced());
             }
             let pod = state.caches.pod(&namespace, &name);
-            let response = cache::resolve(pod, uid.as_deref(), &extra, |ns, n| state.caches.nad(ns, n));
+            let response = cache::resolve(
+                pod,
+                uid.as_deref(),
+                &extra,
+                multus_namespace
+                    .as_deref()
+                    .unwrap_or(cache::DEFAULT_NETWORK_NAMESPACE),
+                |ns, n| state.caches.nad(ns, n),
+            );
             tracing::debug!(%namespace, %name, ?response, "resolve");
             ("resolve", response)
         }

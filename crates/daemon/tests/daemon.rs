@@ -332,6 +332,7 @@ async fn resolve_pod(d: &Daemon, ns: &str, name: &str, uid: Option<&str>, extra:
             name: name.into(),
             uid: uid.map(str::to_string),
             extra: extra.clone(),
+            multus_namespace: None,
         });
         match &r {
             Response::Resolved { pod: Some(_), .. } => return r,
@@ -497,6 +498,7 @@ async fn resolve_answers_from_the_caches_with_pod_nads_and_missing() {
             name: name.into(),
             uid: None,
             extra: vec![],
+            multus_namespace: None,
         });
         assert!(matches!(r, Response::Resolved { pod: None, .. }), "{name}: {r:?}");
     }
@@ -506,6 +508,7 @@ async fn resolve_answers_from_the_caches_with_pod_nads_and_missing() {
         name: "im-1".into(),
         uid: Some("00000000-0000-0000-0000-000000000000".into()),
         extra: vec![],
+        multus_namespace: None,
     });
     assert!(matches!(r, Response::Error { code: 11, .. }), "{r:?}");
     // A request that is not the protocol.
@@ -675,6 +678,7 @@ async fn a_restarted_daemon_resyncs_and_serves_what_changed_while_it_was_down() 
         name: "before".into(),
         uid: None,
         extra: vec![],
+        multus_namespace: None,
     });
     assert!(matches!(r, Response::Resolved { pod: None, .. }), "{r:?}");
     assert!(
@@ -945,6 +949,7 @@ async fn not_ready_until_synced_and_a_fixed_token_file_heals_without_restart() {
         name: "x".into(),
         uid: None,
         extra: vec![],
+        multus_namespace: None,
     });
     assert!(
         matches!(r, Response::Error { code: 11, ref message } if message.contains("synced")),
@@ -1002,6 +1007,7 @@ async fn memory_stays_small_idle_and_under_a_burst_of_200_requests() {
                         name: "im-1".into(),
                         uid: Some(uid),
                         extra: vec![],
+                        multus_namespace: None,
                     },
                 )
                 .expect("write");

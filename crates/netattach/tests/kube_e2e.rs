@@ -258,6 +258,7 @@ impl Daemon {
                 name: name.into(),
                 uid: Some(uid.into()),
                 extra: Vec::new(),
+                multus_namespace: None,
             };
             let last = self.send(&req);
             if let Response::Resolved {

@@ -15,6 +15,7 @@ use netattach_ipam::config::{Datastore, FlatFileSearch, IpamConfig};
 use netattach_ipam::error::{ErrorKind, IpamError};
 use netattach_ipam::local::FileStore;
 use netattach_ipam::store::{AllocationRequest, GcRequest, Owner, Store};
+use netattach_ippool::KubeStore;
 use serde_json::Value;
 
 use crate::errors::from_ipam;
@@ -39,13 +40,8 @@ impl Whereabouts {
 pub fn open_store(cfg: &IpamConfig) -> Result<Box<dyn Store>, CniError> {
     match &cfg.datastore {
         Datastore::Local { dir } => Ok(Box::new(FileStore::new(dir).map_err(|e| from_ipam(&e))?)),
-        Datastore::Kubernetes => Err(CniError::new(
-            code::UNSUPPORTED_FIELD,
-            "unsupported field in network configuration",
-            "field `ipam.datastore`: value `kubernetes` (the default) is not available in this netattach build yet: \
-             the Kubernetes IPPool store comes with the node daemon; fix: set \"datastore\": \"local\" (and \
-             optionally \"local_dir\") for a store on this machine",
-        )),
+        // whereabouts' IPPool objects, written directly with resourceVersion-checked updates.
+        Datastore::Kubernetes => Ok(Box::new(KubeStore::open(cfg).map_err(|e| from_ipam(&e))?)),
     }
 }
 
@@ -164,7 +160,10 @@ impl Plugin for Whereabouts {
         };
         let store = match open_store(&cfg) {
             Ok(s) => s,
-            Err(e) if e.code == code::UNSUPPORTED_FIELD => return Ok(()),
+            // A store that cannot be configured (e.g. no kubeconfig) held nothing for us.
+            Err(e) if e.code == code::UNSUPPORTED_FIELD || e.code == code::INVALID_NETWORK_CONFIG => {
+                return Ok(());
+            }
             Err(e) => return Err(e),
         };
         let freed = store.release(&owner(req)).map_err(|e| from_ipam(&e))?;

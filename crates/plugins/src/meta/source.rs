@@ -314,6 +314,7 @@ fn daemon_lookup(meta: &MetaConfig, key: Option<&PodKey>) -> Result<Lookup, CniE
         name: key.name.clone(),
         uid: key.uid.clone(),
         extra: extra_nads(meta),
+        multus_namespace: Some(meta.multus_namespace.clone()),
     };
     match call(&meta.daemon_socket, &req, meta.daemon_timeout)? {
         Response::Resolved {

@@ -1,0 +1,1071 @@
+//! The Kubernetes store: whereabouts `IPPool` objects read and written unchanged, with the
+//! allocator of [`netattach_ipam::pool`] running on the document in between.
+//!
+//! Protocol (no global lease; safety rests on the apiserver's optimistic concurrency alone):
+//! * Read the pool (`GET`). Absent: build it in memory and `create` it with the allocation
+//!   already inside (`AlreadyExists` means another writer created it first: read again).
+//! * Run the pure transaction (`allocate_in`, `release_in`, `gc_in`) on the document.
+//! * Write the whole object back with `replace`, carrying the resourceVersion that was read.
+//!   A 409 means someone wrote in between: read again and redo the transaction, after a jittered
+//!   exponential backoff, within a bounded total time ([`RetryPolicy`], 10 s by default); then
+//!   give up with a retryable error (CNI code 11). A write can therefore never remove or change
+//!   an allocation this store did not read.
+//! * Multi-range (dual-stack) requests are all or nothing: the pools are separate objects, so
+//!   each range is committed in turn and, when a later range fails, the addresses the earlier
+//!   ranges newly handed out are removed again (an address the attachment already held before
+//!   this ADD is kept).
+//! * `enable_overlapping_ranges`: an address is also claimed by an `OverlappingRangeIPReservation`
+//!   named whereabouts' `NormalizeIP(ip, network_name)`, created with a plain `create` *before*
+//!   the pool write (whereabouts creates it after). `AlreadyExists` held by another attachment
+//!   means the address is taken in an overlapping range: the allocator picks another one (or a
+//!   static request fails naming the holder). A reservation created for an address that then
+//!   lost the pool race is deleted again. On release, a reservation is deleted only when it
+//!   names the released attachment, with a resourceVersion precondition.
+//!
+//! Objects live in the namespace of the kubeconfig's current context, `kube-system` when that
+//! names none (as whereabouts). [`KubeIpam`] is the async API (the node daemon's); [`KubeStore`]
+//! wraps it in a private current-thread runtime and implements the sync [`Store`] trait for the
+//! short-lived plugin binary.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use kube::api::{DeleteParams, GetParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config};
+use netattach_ipam::config::IpamConfig;
+use netattach_ipam::error::{ConfigError, IpamError};
+use netattach_ipam::local::unix_now;
+use netattach_ipam::pool::{self, PoolDoc, Reservation};
+use netattach_ipam::range::pool_name;
+use netattach_ipam::store::{Allocation, AllocationRequest, GcRequest, Owner, Store};
+use tokio::time::Instant;
+
+use crate::crd::{
+    IPPool, IPPoolSpec, OverlappingRangeIPReservation, OverlappingRangeIPReservationSpec, doc_from_pool,
+    orip_name, pool_origin, spec_from_doc,
+};
+use crate::retry::RetryPolicy;
+
+/// The namespace used when the kubeconfig's context names none (whereabouts' default).
+pub const DEFAULT_NAMESPACE: &str = "kube-system";
+
+/// A hook run before every pool write, with the pool name and the attempt number (tests use it
+/// to race a writer deterministically).
+pub type WriteHook = Arc<dyn Fn(&str, u32) + Send + Sync>;
+
+/// Counters of one store (cumulative; for metrics and tests).
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Successful pool writes (create or replace).
+    pub writes: AtomicU64,
+    /// Writes refused because the pool changed since it was read (409).
+    pub conflicts: AtomicU64,
+    /// Transient API failures that were retried.
+    pub transient: AtomicU64,
+    /// Candidate addresses skipped because another attachment held their overlapping-range
+    /// reservation.
+    pub orip_taken: AtomicU64,
+}
+
+/// A copy of [`Stats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StatsSnapshot {
+    /// See [`Stats::writes`].
+    pub writes: u64,
+    /// See [`Stats::conflicts`].
+    pub conflicts: u64,
+    /// See [`Stats::transient`].
+    pub transient: u64,
+    /// See [`Stats::orip_taken`].
+    pub orip_taken: u64,
+}
+
+impl Stats {
+    fn snapshot(&self) -> StatsSnapshot {
+        StatsSnapshot {
+            writes: self.writes.load(Ordering::Relaxed),
+            conflicts: self.conflicts.load(Ordering::Relaxed),
+            transient: self.transient.load(Ordering::Relaxed),
+            orip_taken: self.orip_taken.load(Ordering::Relaxed),
+        }
+    }
+
+    fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The async Kubernetes IPAM store (whereabouts `IPPool` objects in one namespace).
+#[derive(Clone)]
+pub struct KubeIpam {
+    client: Client,
+    namespace: String,
+    retry: RetryPolicy,
+    stats: Arc<Stats>,
+    hook: Option<WriteHook>,
+}
+
+impl fmt::Debug for KubeIpam {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KubeIpam")
+            .field("namespace", &self.namespace)
+            .field("retry", &self.retry)
+            .field("stats", &self.stats.snapshot())
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a Kubernetes API error is handled.
+enum ApiFailure {
+    /// 409: the object changed (Conflict) or was created meanwhile (AlreadyExists).
+    Conflict,
+    /// Worth retrying: 429, 5xx, connection failures.
+    Transient(IpamError),
+    /// Retrying cannot help.
+    Fatal(IpamError),
+}
+
+fn classify(err: kube::Error, what: &str, namespace: &str) -> ApiFailure {
+    match &err {
+        kube::Error::Api(s) if s.code == 409 => ApiFailure::Conflict,
+        kube::Error::Api(s) if s.code == 403 || s.code == 401 => ApiFailure::Fatal(IpamError::NotAvailable {
+            what: format!("{what} (namespace `{namespace}`): the API server refused it: {}", s.message),
+            fix: "give the kubeconfig's identity get/list/create/update on whereabouts.cni.cncf.io ippools and \
+                  get/create/delete on overlappingrangeipreservations in that namespace (the netattach-node or \
+                  whereabouts ClusterRole), or point `kubernetes.kubeconfig` at a kubeconfig that has them"
+                .into(),
+        }),
+        kube::Error::Api(s) if s.code == 404 => ApiFailure::Fatal(IpamError::NotAvailable {
+            what: format!("{what} (namespace `{namespace}`): {}", s.message),
+            fix: "create the namespace and install the whereabouts CRDs (deploy/crds/), or set the namespace of \
+                  the kubeconfig's current context"
+                .into(),
+        }),
+        kube::Error::Api(s) if s.code == 429 || s.code >= 500 => ApiFailure::Transient(unavailable(what, &err)),
+        kube::Error::Api(_) => ApiFailure::Fatal(unavailable(what, &err)),
+        kube::Error::HyperError(_) | kube::Error::Service(_) => ApiFailure::Transient(unavailable(what, &err)),
+        _ => ApiFailure::Fatal(unavailable(what, &err)),
+    }
+}
+
+fn unavailable(what: &str, err: &kube::Error) -> IpamError {
+    IpamError::NotAvailable {
+        what: format!("{what}: {err}"),
+        fix: "check that the API server named in `kubernetes.kubeconfig` is reachable and healthy; the runtime \
+              retries the operation"
+            .into(),
+    }
+}
+
+fn gave_up(what: &str, conflicts: u32, budget: std::time::Duration) -> IpamError {
+    IpamError::NotAvailable {
+        what: format!(
+            "{what}: a write that does not conflict with other writers ({conflicts} attempts in {} s lost)",
+            budget.as_secs_f32()
+        ),
+        fix:
+            "retry (the runtime does); if this persists, too many writers share one pool: split the range or \
+              run the node daemon, which batches a node's requests"
+                .into(),
+    }
+}
+
+fn is_transient(e: &kube::Error) -> bool {
+    match e {
+        kube::Error::Api(s) => s.code == 429 || s.code >= 500,
+        kube::Error::HyperError(_) | kube::Error::Service(_) => true,
+        _ => false,
+    }
+}
+
+/// The JSON merge patch turning `base` into `spec`, with `base`'s resourceVersion as the
+/// precondition. Changed entries are sent whole (`ifname: null` removes a stale one), removed
+/// entries as `null`. `None` when `base` has no resourceVersion (a patch without one would be
+/// unconditional).
+pub fn merge_patch(base: &IPPool, spec: &IPPoolSpec) -> Option<serde_json::Value> {
+    use serde_json::{Map, Value};
+    let mut allocs = Map::new();
+    for k in base.spec.allocations.keys() {
+        if !spec.allocations.contains_key(k) {
+            allocs.insert(k.clone(), Value::Null);
+        }
+    }
+    for (k, new) in &spec.allocations {
+        if base.spec.allocations.get(k) == Some(new) {
+            continue;
+        }
+        let ifname = if new.ifname.is_empty() {
+            Value::Null
+        } else {
+            Value::String(new.ifname.clone())
+        };
+        let mut e = Map::new();
+        e.insert("id".into(), Value::String(new.id.clone()));
+        e.insert("podref".into(), Value::String(new.podref.clone()));
+        e.insert("ifname".into(), ifname);
+        allocs.insert(k.clone(), Value::Object(e));
+    }
+    let mut spec_patch = Map::new();
+    if base.spec.range != spec.range {
+        spec_patch.insert("range".into(), Value::String(spec.range.clone()));
+    }
+    spec_patch.insert("allocations".into(), Value::Object(allocs));
+    let rv = base
+        .metadata
+        .resource_version
+        .clone()
+        .filter(|rv| !rv.is_empty())?;
+    let mut meta = Map::new();
+    meta.insert("resourceVersion".into(), Value::String(rv));
+    let mut root = Map::new();
+    root.insert("metadata".into(), Value::Object(meta));
+    root.insert("spec".into(), Value::Object(spec_patch));
+    Some(Value::Object(root))
+}
+
+/// Load a kubeconfig file: the client config and the namespace whereabouts would use (the
+/// current context's, else `kube-system`).
+pub async fn load_kubeconfig(path: &Path) -> Result<(Config, String), IpamError> {
+    const FIELD: &str = "ipam.kubernetes.kubeconfig";
+    if let Err(e) = std::fs::metadata(path) {
+        return Err(ConfigError::io(FIELD, path, e).into());
+    }
+    let bad = |problem: String| -> IpamError {
+        ConfigError::invalid(
+            FIELD,
+            Some(path.display().to_string()),
+            problem,
+            "point it at a valid kubeconfig (whereabouts' install writes whereabouts.d/whereabouts.kubeconfig)",
+        )
+        .into()
+    };
+    let kc = Kubeconfig::read_from(path).map_err(|e| bad(format!("cannot be read as a kubeconfig: {e}")))?;
+    let namespace = kc
+        .current_context
+        .as_deref()
+        .and_then(|cur| kc.contexts.iter().find(|c| c.name == cur))
+        .and_then(|c| c.context.as_ref())
+        .and_then(|c| c.namespace.clone())
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
+    let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .map_err(|e| bad(format!("is not usable: {e}")))?;
+    Ok((config, namespace))
+}
+
+/// The state of one range's allocation while it is being retried.
+struct RangeOutcome {
+    alloc: Allocation,
+    /// The attachment did not hold this address before (roll it back if a later range fails).
+    new: bool,
+    /// Offset in the pool.
+    offset: u128,
+    /// The reservation written (to remove exactly it on rollback).
+    reservation: Reservation,
+    /// The overlapping-range reservation this call created, if any.
+    orip_created: bool,
+}
+
+/// Result of claiming an overlapping-range reservation.
+enum OripClaim {
+    /// We hold it; `true` when this call created it.
+    Mine(bool),
+    /// Someone else does.
+    Taken(OverlappingRangeIPReservationSpec),
+}
+
+impl KubeIpam {
+    /// A store over an existing client, keeping its objects in `namespace`.
+    pub fn new(client: Client, namespace: impl Into<String>) -> KubeIpam {
+        KubeIpam {
+            client,
+            namespace: namespace.into(),
+            retry: RetryPolicy::default(),
+            stats: Arc::new(Stats::default()),
+            hook: None,
+        }
+    }
+
+    /// A store from a kubeconfig file, in `namespace` or else the namespace of its current
+    /// context, else `kube-system` (as whereabouts).
+    pub async fn from_kubeconfig(path: &Path, namespace: Option<&str>) -> Result<KubeIpam, IpamError> {
+        let (config, context_ns) = load_kubeconfig(path).await?;
+        let client = Client::try_from(config).map_err(|e| {
+            IpamError::from(ConfigError::invalid(
+                "ipam.kubernetes.kubeconfig",
+                Some(path.display().to_string()),
+                format!("gives no usable client: {e}"),
+                "fix the kubeconfig's server and credentials",
+            ))
+        })?;
+        Ok(KubeIpam::new(
+            client,
+            namespace.map_or(context_ns, str::to_string),
+        ))
+    }
+
+    /// Replace the retry policy.
+    #[must_use]
+    pub fn with_retry(mut self, retry: RetryPolicy) -> KubeIpam {
+        self.retry = retry;
+        self
+    }
+
+    /// Run `hook` before every pool write (testing aid: race a writer deterministically).
+    #[doc(hidden)]
+    #[must_use]
+    pub fn with_write_hook(mut self, hook: WriteHook) -> KubeIpam {
+        self.hook = Some(hook);
+        self
+    }
+
+    /// The namespace of the objects.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.stats.snapshot()
+    }
+
+    fn pools(&self) -> Api<IPPool> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    fn orips(&self) -> Api<OverlappingRangeIPReservation> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    /// GET a pool, retrying transient failures until `deadline`. `cached` reads from the API
+    /// server's watch cache (`resourceVersion=0`: cheap, possibly a little stale — a stale read
+    /// only costs a refused write, never a wrong one); otherwise a quorum read.
+    async fn get_pool(
+        &self,
+        name: &str,
+        cached: bool,
+        deadline: Instant,
+    ) -> Result<Option<IPPool>, IpamError> {
+        let mut attempt = 0;
+        let params = if cached {
+            GetParams::any()
+        } else {
+            GetParams::default()
+        };
+        loop {
+            let started = Instant::now();
+            let res = match self.pools().get_with(name, &params).await {
+                Ok(p) => Ok(Some(p)),
+                Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
+                Err(e) => Err(e),
+            };
+            match res {
+                Ok(p) => return Ok(p),
+                Err(e) if is_transient(&e) => {
+                    Stats::bump(&self.stats.transient);
+                    if !self.retry.wait(attempt, started, deadline).await {
+                        return Err(unavailable(&format!("reading IPPool `{name}`"), &e));
+                    }
+                    attempt += 1;
+                }
+                Err(e) => {
+                    return Err(
+                        match classify(e, &format!("reading IPPool `{name}`"), &self.namespace) {
+                            ApiFailure::Conflict => IpamError::NotAvailable {
+                                what: format!("reading IPPool `{name}`: unexpected conflict"),
+                                fix: "retry".into(),
+                            },
+                            ApiFailure::Transient(e) | ApiFailure::Fatal(e) => e,
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    /// All pools of the namespace, as documents.
+    async fn list_pools(&self) -> Result<Vec<(IPPool, PoolDoc)>, IpamError> {
+        let deadline = self.retry.deadline();
+        let mut attempt = 0;
+        let list = loop {
+            let started = Instant::now();
+            match self.pools().list(&ListParams::default()).await {
+                Ok(l) => break l,
+                Err(e) if is_transient(&e) => {
+                    Stats::bump(&self.stats.transient);
+                    if !self.retry.wait(attempt, started, deadline).await {
+                        return Err(unavailable("listing IPPools", &e));
+                    }
+                    attempt += 1;
+                }
+                Err(e) => {
+                    return Err(match classify(e, "listing IPPools", &self.namespace) {
+                        ApiFailure::Conflict => IpamError::NotAvailable {
+                            what: "listing IPPools: unexpected conflict".into(),
+                            fix: "retry".into(),
+                        },
+                        ApiFailure::Transient(e) | ApiFailure::Fatal(e) => e,
+                    });
+                }
+            }
+        };
+        let mut out = Vec::with_capacity(list.items.len());
+        for p in list.items {
+            let name = p.metadata.name.clone().unwrap_or_default();
+            let doc = doc_from_pool(&self.namespace, &name, &p.spec)?;
+            out.push((p, doc));
+        }
+        Ok(out)
+    }
+
+    /// Write a pool: a JSON merge patch of the allocations that changed, carrying the
+    /// resourceVersion that was read (the API server refuses it with 409 Conflict when the pool
+    /// changed since: the same optimistic check as a `replace`, at a fraction of the cost for
+    /// large pools, which are not re-sent and re-validated whole). `create` when it was absent.
+    async fn write_pool(
+        &self,
+        name: &str,
+        base: Option<&IPPool>,
+        doc: &PoolDoc,
+        attempt: u32,
+    ) -> Result<(), kube::Error> {
+        if let Some(hook) = &self.hook {
+            hook(name, attempt);
+        }
+        let res = match base {
+            Some(p) => {
+                // An object read from the API always has a resourceVersion; without one, fall
+                // back to a create, which cannot overwrite anything.
+                match merge_patch(p, &spec_from_doc(doc)) {
+                    Some(patch) => {
+                        self.pools()
+                            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                            .await
+                    }
+                    None => {
+                        let mut obj = IPPool::new(name, spec_from_doc(doc));
+                        obj.metadata.namespace = Some(self.namespace.clone());
+                        self.pools().create(&PostParams::default(), &obj).await
+                    }
+                }
+            }
+            None => {
+                let mut obj = IPPool::new(name, spec_from_doc(doc));
+                obj.metadata.namespace = Some(self.namespace.clone());
+                self.pools().create(&PostParams::default(), &obj).await
+            }
+        };
+        match res {
+            Ok(_) => {
+                Stats::bump(&self.stats.writes);
+                Ok(())
+            }
+            Err(e) => {
+                if matches!(&e, kube::Error::Api(s) if s.code == 409) {
+                    Stats::bump(&self.stats.conflicts);
+                } else if is_transient(&e) {
+                    Stats::bump(&self.stats.transient);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Allocate one address per range of `req` (or return what the attachment already holds).
+    pub async fn allocate(&self, req: &AllocationRequest) -> Result<Vec<Allocation>, IpamError> {
+        // Validate the request as a whole (requested addresses map to ranges, at most one per
+        // range, none reserved) with the pure allocator on empty documents: the same errors as
+        // every other store, before anything is written.
+        let mut dry = req.clone();
+        dry.overlapping_ranges = false;
+        pool::allocate_in(&mut BTreeMap::new(), &dry, 0)?;
+
+        let deadline = self.retry.deadline();
+        let mut done: Vec<RangeOutcome> = Vec::with_capacity(req.ranges.len());
+        for (i, range) in req.ranges.iter().enumerate() {
+            let mut sub = req.clone();
+            sub.ranges = vec![range.clone()];
+            // A requested address belongs to the first range containing it (as in allocate_in).
+            sub.requested = req
+                .requested
+                .iter()
+                .copied()
+                .filter(|ip| req.ranges.iter().position(|r| r.contains(*ip)) == Some(i))
+                .collect();
+            match self.allocate_range(&sub, deadline).await {
+                Ok(o) => done.push(o),
+                Err(e) => {
+                    self.rollback(&req.owner, req.network_name.as_deref(), &done)
+                        .await;
+                    return Err(e);
+                }
+            }
+        }
+        for o in &done {
+            tracing::info!(pool = %o.alloc.pool, ip = %o.alloc.ip, owner = %req.owner, new = o.new, "allocated");
+        }
+        Ok(done.into_iter().map(|o| o.alloc).collect())
+    }
+
+    /// One range: read, allocate in memory, claim the overlapping-range reservation, write.
+    async fn allocate_range(
+        &self,
+        req: &AllocationRequest,
+        deadline: Instant,
+    ) -> Result<RangeOutcome, IpamError> {
+        let Some(range) = req.ranges.first() else {
+            return Err(IpamError::Corrupt {
+                path: "request".into(),
+                reason: "a range allocation without a range".into(),
+            });
+        };
+        let name = pool_name(req.network_name.as_deref(), &range.cidr);
+        let network = req.network_name.as_deref();
+        let what = format!("allocating from IPPool `{}/{name}`", self.namespace);
+        let mut pure = req.clone();
+        pure.overlapping_ranges = false;
+        // Offsets whose overlapping-range reservation another attachment holds.
+        let mut blocked: BTreeSet<u128> = BTreeSet::new();
+        // Reservations this call created, by address (deleted again unless they end up used).
+        let mut created: BTreeSet<IpAddr> = BTreeSet::new();
+        let mut attempt: u32 = 0;
+        let mut conflicts: u32 = 0;
+
+        let result = loop {
+            let started = Instant::now();
+            let current = match self.get_pool(&name, attempt == 0, deadline).await {
+                Ok(p) => p,
+                Err(e) => break Err(e),
+            };
+            let mut doc = match &current {
+                Some(p) => match doc_from_pool(&self.namespace, &name, &p.spec) {
+                    Ok(d) => d,
+                    Err(e) => break Err(e),
+                },
+                None => PoolDoc::new(range.cidr, req.network_name.clone()),
+            };
+            let held_before = doc
+                .allocations
+                .values()
+                .any(|r| req.owner.is_attachment_of(&r.id, &r.podref, &r.ifname));
+            // Placeholders keep the allocator off addresses held in overlapping ranges; they are
+            // removed before the document is written.
+            let placeholders: Vec<u128> = blocked
+                .iter()
+                .copied()
+                .filter(|o| !doc.allocations.contains_key(o))
+                .collect();
+            for o in &placeholders {
+                doc.allocations.insert(
+                    *o,
+                    Reservation {
+                        id: String::new(),
+                        podref: String::new(),
+                        ifname: "\0overlapping-range reservation".into(),
+                        time: None,
+                    },
+                );
+            }
+            let mut docs = BTreeMap::from([(name.clone(), doc)]);
+            let (allocs, dirty) = match pool::allocate_in(&mut docs, &pure, unix_now()) {
+                Ok(x) => x,
+                Err(e) => break Err(e),
+            };
+            let Some(mut doc) = docs.remove(&name) else {
+                break Err(IpamError::Corrupt {
+                    path: pool_origin(&self.namespace, &name),
+                    reason: "pool vanished during allocation".into(),
+                });
+            };
+            for o in &placeholders {
+                doc.allocations.remove(o);
+            }
+            let Some(alloc) = allocs.into_iter().next() else {
+                break Err(IpamError::Corrupt {
+                    path: pool_origin(&self.namespace, &name),
+                    reason: "the allocator returned no address".into(),
+                });
+            };
+            let Some(offset) = range.offset_of(alloc.ip) else {
+                break Err(IpamError::Corrupt {
+                    path: pool_origin(&self.namespace, &name),
+                    reason: format!("allocated {} outside {}", alloc.ip, range.cidr),
+                });
+            };
+            let Some(reservation) = doc.allocations.get(&offset).cloned() else {
+                break Err(IpamError::Corrupt {
+                    path: pool_origin(&self.namespace, &name),
+                    reason: format!("offset {offset} not in the document after allocation"),
+                });
+            };
+
+            if req.overlapping_ranges {
+                match self.claim_orip(alloc.ip, network, &req.owner, deadline).await {
+                    Ok(OripClaim::Mine(was_created)) => {
+                        if was_created {
+                            created.insert(alloc.ip);
+                        }
+                    }
+                    Ok(OripClaim::Taken(spec)) => {
+                        let holder = format!(
+                            "pod {} interface {} (OverlappingRangeIPReservation `{}/{}`)",
+                            spec.podref,
+                            spec.ifname,
+                            self.namespace,
+                            orip_name(alloc.ip, network)
+                        );
+                        if held_before {
+                            // Held in this pool already: keep it (it is not ours to fix), but say so.
+                            tracing::warn!(ip = %alloc.ip, %holder, owner = %req.owner,
+                                "the attachment holds this address in its pool, but its overlapping-range \
+                                 reservation names another holder");
+                        } else if !req.requested.is_empty() {
+                            break Err(IpamError::RequestedUnavailable {
+                                ip: alloc.ip,
+                                pool: name.clone(),
+                                holder,
+                            });
+                        } else {
+                            Stats::bump(&self.stats.orip_taken);
+                            blocked.insert(offset);
+                            continue;
+                        }
+                    }
+                    Err(e) => break Err(e),
+                }
+            }
+
+            if dirty.is_empty() {
+                break Ok(RangeOutcome {
+                    alloc,
+                    new: !held_before,
+                    offset,
+                    reservation,
+                    orip_created: false,
+                });
+            }
+            match self.write_pool(&name, current.as_ref(), &doc, attempt).await {
+                Ok(()) => {
+                    break Ok(RangeOutcome {
+                        alloc,
+                        new: !held_before,
+                        offset,
+                        reservation,
+                        orip_created: false,
+                    });
+                }
+                Err(e) => match classify(e, &what, &self.namespace) {
+                    ApiFailure::Conflict => {
+                        conflicts += 1;
+                        if !self.retry.wait(attempt, started, deadline).await {
+                            break Err(gave_up(&what, conflicts, self.retry.budget));
+                        }
+                    }
+                    ApiFailure::Transient(e) => {
+                        if !self.retry.wait(attempt, started, deadline).await {
+                            break Err(e);
+                        }
+                    }
+                    ApiFailure::Fatal(e) => break Err(e),
+                },
+            }
+            attempt += 1;
+        };
+
+        // Reservations created for addresses that were not taken in the end go again.
+        let kept = result.as_ref().ok().map(|o| o.alloc.ip);
+        for ip in &created {
+            if Some(*ip) != kept {
+                self.delete_orip_of(*ip, network, &req.owner).await;
+            }
+        }
+        result.map(|mut o| {
+            o.orip_created = created.contains(&o.alloc.ip);
+            o
+        })
+    }
+
+    /// Claim the overlapping-range reservation of `ip` for `owner`.
+    async fn claim_orip(
+        &self,
+        ip: IpAddr,
+        network: Option<&str>,
+        owner: &Owner,
+        deadline: Instant,
+    ) -> Result<OripClaim, IpamError> {
+        let name = orip_name(ip, network);
+        let what = format!(
+            "reserving {ip} (OverlappingRangeIPReservation `{}/{name}`)",
+            self.namespace
+        );
+        let mut obj = OverlappingRangeIPReservation::new(
+            &name,
+            OverlappingRangeIPReservationSpec {
+                containerid: owner.container_id.clone(),
+                podref: owner.podref.clone().unwrap_or_default(),
+                ifname: owner.ifname.clone(),
+            },
+        );
+        obj.metadata.namespace = Some(self.namespace.clone());
+        let mut attempt = 0;
+        loop {
+            let started = Instant::now();
+            let failure = match self.orips().create(&PostParams::default(), &obj).await {
+                Ok(_) => return Ok(OripClaim::Mine(true)),
+                Err(e) => classify(e, &what, &self.namespace),
+            };
+            match failure {
+                ApiFailure::Conflict => match self.orips().get_opt(&name).await {
+                    Ok(Some(existing)) => {
+                        let s = &existing.spec;
+                        return Ok(
+                            if owner.is_attachment_of(&s.containerid, &s.podref, &s.ifname)
+                                || (s.ifname.is_empty() && owner.podref.as_deref() == Some(s.podref.as_str()))
+                            {
+                                OripClaim::Mine(false)
+                            } else {
+                                OripClaim::Taken(existing.spec)
+                            },
+                        );
+                    }
+                    // Deleted in between: create again.
+                    Ok(None) => {}
+                    Err(e) => match classify(e, &what, &self.namespace) {
+                        ApiFailure::Fatal(e) => return Err(e),
+                        ApiFailure::Conflict | ApiFailure::Transient(_) => {}
+                    },
+                },
+                ApiFailure::Transient(e) => {
+                    if !self.retry.wait(attempt, started, deadline).await {
+                        return Err(e);
+                    }
+                }
+                ApiFailure::Fatal(e) => return Err(e),
+            }
+            if Instant::now() >= deadline {
+                return Err(gave_up(&what, attempt + 1, self.retry.budget));
+            }
+            attempt += 1;
+        }
+    }
+
+    /// Delete the overlapping-range reservation of `ip` if it names `(id, podref, ifname)`
+    /// (precondition: the resourceVersion that was read). Best effort: a leftover reservation
+    /// only keeps an address from being reused, it never duplicates one.
+    async fn delete_orip_if(&self, ip: IpAddr, network: Option<&str>, id: &str, podref: &str, ifname: &str) {
+        let name = orip_name(ip, network);
+        let existing = match self.orips().get_opt(&name).await {
+            Ok(Some(o)) => o,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(orip = %name, error = %e, "cannot read overlapping-range reservation; leaving it");
+                return;
+            }
+        };
+        let s = &existing.spec;
+        let ours = (!podref.is_empty() && s.podref == podref && (s.ifname.is_empty() || s.ifname == ifname))
+            || (podref.is_empty() && !id.is_empty() && s.containerid == id && s.ifname == ifname);
+        if !ours {
+            tracing::debug!(orip = %name, holder = %s.podref, "overlapping-range reservation held by another attachment; kept");
+            return;
+        }
+        let dp = DeleteParams {
+            preconditions: Some(Preconditions {
+                resource_version: existing.metadata.resource_version.clone(),
+                uid: existing.metadata.uid.clone(),
+            }),
+            ..DeleteParams::default()
+        };
+        match self.orips().delete(&name, &dp).await {
+            Ok(_) => tracing::debug!(orip = %name, "overlapping-range reservation deleted"),
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
+            Err(e) => tracing::warn!(orip = %name, error = %e, "cannot delete overlapping-range reservation"),
+        }
+    }
+
+    async fn delete_orip_of(&self, ip: IpAddr, network: Option<&str>, owner: &Owner) {
+        self.delete_orip_if(
+            ip,
+            network,
+            &owner.container_id,
+            owner.podref.as_deref().unwrap_or(""),
+            &owner.ifname,
+        )
+        .await;
+    }
+
+    /// Undo the ranges of a failed multi-range ADD that were newly allocated.
+    async fn rollback(&self, owner: &Owner, network: Option<&str>, done: &[RangeOutcome]) {
+        for o in done.iter().rev().filter(|o| o.new) {
+            let (offset, want) = (o.offset, o.reservation.clone());
+            let res = self
+                .update_pool(&o.alloc.pool, None, self.retry.deadline(), |doc| {
+                    let ours = doc.allocations.get(&offset).is_some_and(|r| {
+                        r.id == want.id && r.podref == want.podref && r.ifname == want.ifname
+                    });
+                    if ours {
+                        doc.allocations.remove(&offset);
+                    }
+                    Ok(((), ours))
+                })
+                .await;
+            match res {
+                Ok(_) => tracing::info!(pool = %o.alloc.pool, ip = %o.alloc.ip, %owner, "rolled back"),
+                Err(e) => tracing::error!(pool = %o.alloc.pool, ip = %o.alloc.ip, %owner, error = %e,
+                    "cannot roll back a partial allocation; the runtime's DEL releases it"),
+            }
+            if o.orip_created {
+                self.delete_orip_of(o.alloc.ip, network, owner).await;
+            }
+        }
+    }
+
+    /// Read-modify-write an existing pool with `f` until the write is not refused; `first` is an
+    /// already-read copy to start from. `f` returns its result and whether the document changed.
+    /// An absent pool yields `Ok(None)`.
+    async fn update_pool<T>(
+        &self,
+        name: &str,
+        mut first: Option<IPPool>,
+        deadline: Instant,
+        mut f: impl FnMut(&mut PoolDoc) -> Result<(T, bool), IpamError>,
+    ) -> Result<Option<T>, IpamError> {
+        let what = format!("updating IPPool `{}/{name}`", self.namespace);
+        let mut attempt = 0;
+        let mut conflicts = 0;
+        loop {
+            let started = Instant::now();
+            let current = match first.take() {
+                Some(p) => p,
+                None => match self.get_pool(name, false, deadline).await? {
+                    Some(p) => p,
+                    None => return Ok(None),
+                },
+            };
+            let mut doc = doc_from_pool(&self.namespace, name, &current.spec)?;
+            let (out, changed) = f(&mut doc)?;
+            if !changed {
+                return Ok(Some(out));
+            }
+            match self.write_pool(name, Some(&current), &doc, attempt).await {
+                Ok(()) => return Ok(Some(out)),
+                Err(e) => match classify(e, &what, &self.namespace) {
+                    ApiFailure::Conflict => {
+                        conflicts += 1;
+                        if !self.retry.wait(attempt, started, deadline).await {
+                            return Err(gave_up(&what, conflicts, self.retry.budget));
+                        }
+                    }
+                    ApiFailure::Transient(e) => {
+                        if !self.retry.wait(attempt, started, deadline).await {
+                            return Err(e);
+                        }
+                    }
+                    ApiFailure::Fatal(e) => return Err(e),
+                },
+            }
+            attempt += 1;
+        }
+    }
+
+    /// Run a removing transaction over the given pools, then delete the freed addresses'
+    /// overlapping-range reservations.
+    async fn remove_from(
+        &self,
+        pools: Vec<(String, Option<IPPool>)>,
+        f: impl Fn(&mut BTreeMap<String, PoolDoc>) -> (Vec<Allocation>, BTreeSet<String>),
+    ) -> Result<Vec<Allocation>, IpamError> {
+        let deadline = self.retry.deadline();
+        let mut freed = Vec::new();
+        for (name, first) in pools {
+            let out = self
+                .update_pool(&name, first, deadline, |doc| {
+                    let network = doc.network_name.clone();
+                    let mut docs = BTreeMap::from([(name.clone(), doc.clone())]);
+                    let (out, dirty) = f(&mut docs);
+                    if let Some(d) = docs.remove(&name) {
+                        *doc = d;
+                    }
+                    Ok(((out, network), !dirty.is_empty()))
+                })
+                .await?;
+            let Some((out, network)) = out else { continue };
+            for a in out {
+                self.delete_orip_if(
+                    a.ip,
+                    network.as_deref(),
+                    &a.container_id,
+                    a.podref.as_deref().unwrap_or(""),
+                    &a.ifname,
+                )
+                .await;
+                freed.push(a);
+            }
+        }
+        Ok(freed)
+    }
+
+    /// Release the attachment's addresses in every pool of the namespace.
+    pub async fn release(&self, owner: &Owner) -> Result<Vec<Allocation>, IpamError> {
+        let pools: Vec<(String, Option<IPPool>)> = self
+            .list_pools()
+            .await?
+            .into_iter()
+            .filter(|(_, doc)| {
+                doc.allocations
+                    .values()
+                    .any(|r| owner.releases(&r.id, &r.podref, &r.ifname))
+            })
+            .map(|(p, _)| (p.metadata.name.clone().unwrap_or_default(), Some(p)))
+            .collect();
+        let freed = self
+            .remove_from(pools, |docs| pool::release_in(docs, owner))
+            .await?;
+        for a in &freed {
+            tracing::info!(pool = %a.pool, ip = %a.ip, %owner, "released");
+        }
+        if freed.is_empty() {
+            tracing::debug!(%owner, "release: nothing held");
+        }
+        Ok(freed)
+    }
+
+    /// Every allocation in the namespace's pools.
+    pub async fn allocations(&self) -> Result<Vec<Allocation>, IpamError> {
+        let docs: BTreeMap<String, PoolDoc> = self
+            .list_pools()
+            .await?
+            .into_iter()
+            .map(|(p, d)| (p.metadata.name.unwrap_or_default(), d))
+            .collect();
+        Ok(pool::list(&docs))
+    }
+
+    /// Release allocations of the request's pools whose attachment is not valid. Reservations
+    /// read from Kubernetes carry no allocation time (the CRD has no field for it), so
+    /// `min_age_secs` cannot protect them: every invalid one is collected.
+    pub async fn gc(&self, req: &GcRequest<'_>) -> Result<Vec<Allocation>, IpamError> {
+        let names: BTreeSet<String> = req
+            .ranges
+            .iter()
+            .map(|r| pool_name(req.network_name, &r.cidr))
+            .collect();
+        let now = unix_now();
+        let freed = self
+            .remove_from(names.into_iter().map(|n| (n, None)).collect(), |docs| {
+                pool::gc_in(docs, req, now)
+            })
+            .await?;
+        for a in &freed {
+            tracing::info!(pool = %a.pool, ip = %a.ip, container = %a.container_id, ifname = %a.ifname, "garbage-collected");
+        }
+        Ok(freed)
+    }
+
+    /// The addresses the attachment holds (CNI CHECK), by ADD identity.
+    pub async fn check(&self, owner: &Owner) -> Result<Vec<Allocation>, IpamError> {
+        let docs: BTreeMap<String, PoolDoc> = self
+            .list_pools()
+            .await?
+            .into_iter()
+            .map(|(p, d)| (p.metadata.name.unwrap_or_default(), d))
+            .collect();
+        Ok(pool::check_in(&docs, owner))
+    }
+}
+
+/// The sync [`Store`] over [`KubeIpam`], driving it on a private current-thread runtime (the
+/// plugin binary is sync and short-lived; the runtime costs microseconds to build).
+pub struct KubeStore {
+    rt: tokio::runtime::Runtime,
+    ipam: KubeIpam,
+}
+
+impl fmt::Debug for KubeStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KubeStore")
+            .field("ipam", &self.ipam)
+            .finish_non_exhaustive()
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, IpamError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| IpamError::NotAvailable {
+            what: format!("an async runtime for the Kubernetes client: {e}"),
+            fix: "check the process limits (threads, file descriptors)".into(),
+        })
+}
+
+impl KubeStore {
+    /// A store from a kubeconfig file, in `namespace` or else the namespace of its current
+    /// context, else `kube-system` (as whereabouts).
+    pub fn from_kubeconfig(path: &Path, namespace: Option<&str>) -> Result<KubeStore, IpamError> {
+        let rt = runtime()?;
+        let ipam = rt.block_on(KubeIpam::from_kubeconfig(path, namespace))?;
+        Ok(KubeStore { rt, ipam })
+    }
+
+    /// The store an IPAM configuration names (`kubernetes.kubeconfig`, required as in whereabouts).
+    pub fn open(cfg: &IpamConfig) -> Result<KubeStore, IpamError> {
+        match &cfg.kubeconfig {
+            Some(path) => KubeStore::from_kubeconfig(path, None),
+            None => Err(ConfigError::invalid(
+                "ipam.kubernetes.kubeconfig",
+                None,
+                "is missing: the kubernetes datastore (the default) needs a kubeconfig, inline or from the \
+                 whereabouts flat file",
+                r#"set "kubernetes": {"kubeconfig": "/etc/cni/net.d/whereabouts.d/whereabouts.kubeconfig"} (on K3s \
+                   /var/lib/rancher/k3s/agent/etc/cni/net.d/whereabouts.d/whereabouts.kubeconfig), or use "datastore": "local""#,
+            )
+            .into()),
+        }
+    }
+
+    /// Adjust the inner async store (retry policy, hooks).
+    #[must_use]
+    pub fn map_ipam(mut self, f: impl FnOnce(KubeIpam) -> KubeIpam) -> KubeStore {
+        self.ipam = f(self.ipam);
+        self
+    }
+
+    /// The async store inside.
+    pub fn ipam(&self) -> &KubeIpam {
+        &self.ipam
+    }
+
+    /// Run a future of this store's client on its runtime.
+    pub fn block_on<F: std::future::Future>(&self, fut: F) -> F::Output {
+        self.rt.block_on(fut)
+    }
+}
+
+impl Store for KubeStore {
+    fn allocate(&self, req: &AllocationRequest) -> Result<Vec<Allocation>, IpamError> {
+        self.rt.block_on(self.ipam.allocate(req))
+    }
+
+    fn release(&self, owner: &Owner) -> Result<Vec<Allocation>, IpamError> {
+        self.rt.block_on(self.ipam.release(owner))
+    }
+
+    fn allocations(&self) -> Result<Vec<Allocation>, IpamError> {
+        self.rt.block_on(self.ipam.allocations())
+    }
+
+    fn gc(&self, req: &GcRequest<'_>) -> Result<Vec<Allocation>, IpamError> {
+        self.rt.block_on(self.ipam.gc(req))
+    }
+
+    fn check(&self, owner: &Owner) -> Result<Vec<Allocation>, IpamError> {
+        self.rt.block_on(self.ipam.check(owner))
+    }
+}
