@@ -17,9 +17,15 @@
 //! The meta-plugin writes `<lab>/k8s/pods/longhorn-system/<pod>.status.json` (network-status)
 //! and keeps its attachment records in `<lab>/nodes/<node>/cni/`.
 //!
+//! With `--kubeconfig` ([`Runtime::with_daemons`]) the meta-plugin runs in Kubernetes mode
+//! instead: no `localSource`, `daemonSocket` = the socket of its node's `netattach daemon`,
+//! which answers from the API server's NAD and pod and publishes network-status on the pod;
+//! no NAD or pod file is written (the lab creates the API objects, see [`crate::api`]).
+//!
 //! The plugin process is spawned from a thread inside the node's namespace, so it inherits
 //! that namespace as its "host": the master NICs it looks up are the node's.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -44,6 +50,10 @@ pub const PLUGIN_TIMEOUT: Duration = Duration::from_secs(60);
 pub const PLUGIN_TYPE: &str = "netattach";
 /// The plugin type of both networks under it.
 pub const DELEGATE_TYPE: &str = "macvlan";
+/// `daemonTimeoutSeconds` of the meta config in Kubernetes mode.
+pub const DAEMON_TIMEOUT_SECONDS: u64 = 20;
+/// What an attachment's status says until the lab read it from the API server.
+pub const STATUS_NOT_READ: &str = "network-status not read from the API server yet";
 
 /// What ADD gave for one pod.
 #[derive(Debug, Clone)]
@@ -91,6 +101,8 @@ pub struct Runtime {
     local_dir: PathBuf,
     nodes_dir: PathBuf,
     plugin: PathBuf,
+    /// Kubernetes mode: each node's daemon socket, by node namespace name.
+    daemon_sockets: Option<BTreeMap<String, PathBuf>>,
 }
 
 /// The storage network's CNI config: what the `longhorn-system/storage` NAD carries.
@@ -199,7 +211,20 @@ impl Runtime {
             local_dir,
             nodes_dir,
             plugin,
+            daemon_sockets: None,
         })
+    }
+
+    /// Kubernetes mode: the meta-plugin asks the node's daemon (`sockets`: node namespace name
+    /// to socket) instead of reading the local source.
+    pub fn with_daemons(mut self, sockets: BTreeMap<String, PathBuf>) -> Runtime {
+        self.daemon_sockets = Some(sockets);
+        self
+    }
+
+    /// Whether the meta-plugin runs in Kubernetes mode (node daemons).
+    pub fn kubernetes_mode(&self) -> bool {
+        self.daemon_sockets.is_some()
     }
 
     /// The IPAM store directory (`local_dir`), shared by both networks and all nodes.
@@ -247,13 +272,17 @@ impl Runtime {
 
     /// Write what the cluster would hold: the storage NAD, every pod with Longhorn's annotation
     /// and every node's cluster-network conflist (and create the nodes' record dirs).
+    /// In Kubernetes mode only the conflists and dirs are written: the NAD and the pods are
+    /// API objects.
     pub fn prepare(&self, plan: &Plan, topo: &Topology) -> Result<(), LabError> {
-        let nad = self.nad_path();
-        if let Some(dir) = nad.parent() {
-            create_dir(dir)?;
+        if !self.kubernetes_mode() {
+            let nad = self.nad_path();
+            if let Some(dir) = nad.parent() {
+                create_dir(dir)?;
+            }
+            fs::write(&nad, nad_yaml(plan, &self.ipam_dir)?)
+                .map_err(LabError::io("writing the storage NAD", &nad))?;
         }
-        fs::write(&nad, nad_yaml(plan, &self.ipam_dir)?)
-            .map_err(LabError::io("writing the storage NAD", &nad))?;
         for node in &plan.nodes {
             let dirs = self.node_dirs(node);
             create_dir(&dirs.conf_dir)?;
@@ -263,7 +292,7 @@ impl Runtime {
                 &cluster_conflist(&self.ipam_dir),
             )?;
         }
-        for pod in &topo.pods {
+        for pod in topo.pods.iter().filter(|_| !self.kubernetes_mode()) {
             let path = self.pod_path(&pod.plan.netns);
             if let Some(dir) = path.parent() {
                 create_dir(dir)?;
@@ -276,16 +305,27 @@ impl Runtime {
     /// The meta-plugin config of `node`: the primary CNI config a node's containerd runs.
     pub fn meta_config(&self, node: &NodePlan) -> Value {
         let dirs = self.node_dirs(node);
-        json!({
+        let mut conf = json!({
             "cniVersion": Version::V1_1_0.as_str(),
             "name": META_NAME,
             "type": PLUGIN_TYPE,
-            "localSource": self.local_dir,
             "confDir": dirs.conf_dir,
             "cniDir": dirs.cni_dir,
             "binDir": self.bin_dir,
             "multusCacheDir": dirs.multus_cache_dir,
-        })
+        });
+        if let Value::Object(map) = &mut conf {
+            match &self.daemon_sockets {
+                None => {
+                    map.insert("localSource".into(), json!(self.local_dir));
+                }
+                Some(sockets) => {
+                    map.insert("daemonSocket".into(), json!(sockets.get(&node.netns)));
+                    map.insert("daemonTimeoutSeconds".into(), json!(DAEMON_TIMEOUT_SECONDS));
+                }
+            }
+        }
+        conf
     }
 
     fn env(&self, command: &str, pod: &Pod) -> Vec<(String, String)> {
@@ -376,7 +416,12 @@ impl Runtime {
             });
         let took = started.elapsed();
         let (storage, status) = if outcome.is_ok() {
-            (Self::storage_address(pod)?, self.read_status(&pod.plan.netns))
+            let status = if self.kubernetes_mode() {
+                Err(STATUS_NOT_READ.to_string())
+            } else {
+                self.read_status(&pod.plan.netns)
+            };
+            (Self::storage_address(pod)?, status)
         } else {
             (None, Err("ADD failed".into()))
         };

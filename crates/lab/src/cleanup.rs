@@ -1,11 +1,13 @@
 //! Everything about leaving nothing behind: the lab directory (`/run/netattach-lab`, holding
 //! the lock, the state file, the CNI bin dir, the IPAM store, the meta-plugin's local source
-//! `k8s/` and each node's `nodes/<node>/` conf and record dirs) with its Drop guard, the
+//! `k8s/`, each node's `nodes/<node>/` conf and record dirs and, with `--kubeconfig`, each node
+//! daemon's `daemons/<node>/`) with its Drop guard, the
 //! SIGINT/SIGTERM flag that makes a run stop at the next step, and `netattach lab down`, which
 //! removes a lab left by `--keep` or by a crash.
 //!
-//! `down` only ever deletes namespaces whose name starts with [`PREFIX`] and the lab directory:
-//! nothing that the lab did not create.
+//! `down` only ever deletes namespaces whose name starts with [`PREFIX`], the lab directory,
+//! the daemons and API objects the state file records (`--kubeconfig`): nothing that the lab
+//! did not create.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -17,7 +19,9 @@ use netattach_netdev::{delete_named_netns, list_named_netns};
 use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
 
+use crate::api::Created;
 use crate::config::{PREFIX, SWITCH_NS};
+use crate::daemons::DaemonRecord;
 use crate::error::LabError;
 
 /// Where the lab keeps its state, CNI bin dir and IPAM store.
@@ -82,6 +86,12 @@ pub struct State {
     pub namespaces: Vec<String>,
     /// Directories the lab made.
     pub dirs: Vec<PathBuf>,
+    /// `--kubeconfig`: the API objects the lab created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api: Option<Created>,
+    /// `--kubeconfig`: the node daemons the lab started.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub daemons: Vec<DaemonRecord>,
 }
 
 /// The lab directory, locked for the run. Dropping it removes the directory unless
@@ -162,6 +172,11 @@ impl LabDir {
     /// The meta-plugin's `localSource`: NAD files, pod files and their network-status.
     pub fn local_dir(&self) -> PathBuf {
         self.root.join("k8s")
+    }
+
+    /// One directory per node daemon (`--kubeconfig`): socket, ready file, log.
+    pub fn daemons_dir(&self) -> PathBuf {
+        self.root.join("daemons")
     }
 
     /// One directory per node (conf dir, attachment records).
@@ -256,6 +271,9 @@ pub fn down() -> Result<(), LabError> {
     }
     let state_path = root.join("state.json");
     let mut names = lab_namespaces()?;
+    let mut failures = Vec::new();
+    let mut stopped = 0;
+    let mut api_removed = false;
     if let Ok(text) = fs::read_to_string(&state_path) {
         match serde_json::from_str::<State>(&text) {
             Ok(state) => {
@@ -264,12 +282,19 @@ pub fn down() -> Result<(), LabError> {
                         names.push(n);
                     }
                 }
+                // Daemons first (they watch the API objects), then the objects.
+                let (n, f) = crate::daemons::stop_recorded(&state.daemons);
+                stopped = n;
+                failures.extend(f);
+                if let Some(api) = &state.api {
+                    failures.extend(crate::api::remove_recorded(api));
+                    api_removed = true;
+                }
             }
             Err(e) => warn!(path = %state_path.display(), error = %e, "ignoring unreadable lab state"),
         }
     }
     let had_dir = root.exists();
-    let mut failures = Vec::new();
     let present: Vec<String> = names
         .into_iter()
         .filter(|n| Path::new("/run/netns").join(n).exists())
@@ -288,6 +313,12 @@ pub fn down() -> Result<(), LabError> {
     if present.is_empty() && !had_dir {
         println!("no lab found: nothing to remove");
     } else {
+        if stopped > 0 {
+            println!("stopped {stopped} node daemon(s)");
+        }
+        if api_removed {
+            println!("deleted the lab's API objects");
+        }
         println!(
             "lab removed: {} namespace(s){}",
             present.len(),
@@ -326,6 +357,7 @@ mod tests {
             settings: "--nodes 2".into(),
             namespaces: vec!["nalab-sw".into()],
             dirs: vec![PathBuf::from(LAB_DIR)],
+            ..State::default()
         };
         let text = serde_json::to_string(&s).expect("json");
         assert_eq!(serde_json::from_str::<State>(&text).expect("parse"), s);

@@ -86,6 +86,9 @@ pub struct LabConfig {
     pub keep: bool,
     /// The netattach executable to install as the plugins.
     pub binary: PathBuf,
+    /// Run against this API server (kubeconfig file), with one `netattach daemon` per lab
+    /// node, instead of the local file source.
+    pub kubeconfig: Option<PathBuf>,
 }
 
 impl Default for LabConfig {
@@ -98,6 +101,7 @@ impl Default for LabConfig {
             mtu: 1500,
             keep: false,
             binary: PathBuf::from("netattach"),
+            kubeconfig: None,
         }
     }
 }
@@ -141,6 +145,8 @@ pub struct Plan {
     pub keep: bool,
     /// The executable to install.
     pub binary: PathBuf,
+    /// The API server's kubeconfig (absolute), when the lab runs against one.
+    pub kubeconfig: Option<PathBuf>,
     /// Nodes, in order.
     pub nodes: Vec<NodePlan>,
     /// Pods, node by node.
@@ -277,6 +283,25 @@ impl Plan {
                 "run the lab from the installed netattach binary",
             ));
         }
+        let kubeconfig = match &config.kubeconfig {
+            None => None,
+            Some(path) if path.is_file() => Some(std::path::absolute(path).map_err(|e| {
+                input(
+                    "kubeconfig",
+                    path.display(),
+                    format!("has no absolute form: {e}"),
+                    "pass an absolute path",
+                )
+            })?),
+            Some(path) => {
+                return Err(input(
+                    "kubeconfig",
+                    path.display(),
+                    "is not a file",
+                    "pass the kubeconfig of a running API server (e.g. $KUBECONFIG after `eval \"$(tools/testenv up)\"`)",
+                ));
+            }
+        };
 
         let nodes: Vec<NodePlan> = (1..=config.nodes)
             .map(|n| NodePlan {
@@ -304,6 +329,7 @@ impl Plan {
             mtu: config.mtu,
             keep: config.keep,
             binary: config.binary.clone(),
+            kubeconfig,
             nodes,
             pods,
         };
@@ -553,6 +579,18 @@ mod tests {
         assert_eq!(field_of(Plan::from_config(&v6).expect_err("v6 1000")), "mtu");
         let plan = Plan::from_config(&LabConfig { mtu: 1500, ..v6 }).expect("v6 1500");
         assert_eq!(plan.full_payload(), 1452);
+    }
+
+    #[test]
+    fn a_missing_kubeconfig_is_refused() {
+        let err = Plan::from_config(&LabConfig {
+            kubeconfig: Some("/nonexistent/kubeconfig".into()),
+            ..cfg()
+        })
+        .expect_err("missing");
+        assert_eq!(field_of(err), "kubeconfig");
+        let plan = Plan::from_config(&cfg()).expect("without");
+        assert_eq!(plan.kubeconfig, None);
     }
 
     #[test]

@@ -85,6 +85,24 @@ pub enum LabError {
         /// `SIGINT` or `SIGTERM`.
         signal: &'static str,
     },
+    /// A call to the API server (`--kubeconfig`) failed.
+    #[error("{context}: {problem}; fix: check the API server and the kubeconfig's rights")]
+    Api {
+        /// What the lab was doing.
+        context: String,
+        /// The API server's answer, or why there was none.
+        problem: String,
+    },
+    /// A lab node's `netattach daemon` did not start or did not become ready.
+    #[error("the netattach daemon of lab node {node}: {problem}; fix: read its log `{}`", log.display())]
+    Daemon {
+        /// The lab node.
+        node: String,
+        /// The daemon's log file.
+        log: PathBuf,
+        /// What went wrong.
+        problem: String,
+    },
     /// `lab down` could not remove everything.
     #[error("could not remove everything: {}; fix: check the messages, then run `netattach lab down` again", .0.join("; "))]
     Teardown(Vec<String>),

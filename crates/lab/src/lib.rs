@@ -13,10 +13,16 @@
 //! reachability over storage; detaches everything; and proves nothing leaked. The last line it
 //! prints starts with `PASS` or `FAIL`.
 //!
+//! With `--kubeconfig FILE` the lab runs its nodes against a real API server: the namespace,
+//! the NAD and one Pod per lab pod (bound to its lab node) are API objects ([`api`]), each lab
+//! node has its own `netattach daemon` ([`daemons`]), the meta-plugin runs in Kubernetes mode
+//! (asking its node's daemon), and network-status is read back from the pod objects. What the
+//! lab created in the API server is deleted afterwards, and the daemons are stopped.
+//!
 //! Modules: [`config`] (input validation and naming), [`topology`] (namespaces, switch,
 //! nodes, pods), [`attach`] (the runtime side: ADD/DEL), [`validate`] (the checks),
 //! [`report`] (progress, table, verdict), [`cleanup`] (lab directory, signals, `lab down`),
-//! [`error`].
+//! [`api`] and [`daemons`] (`--kubeconfig`), [`error`].
 //!
 //! Network safety: everything is created inside namespaces the lab creates; no pre-existing
 //! interface is touched and no packet leaves the lab's namespaces. Everything is deleted
@@ -24,14 +30,17 @@
 //! stops at the next step and tears down). `--keep` leaves it for inspection; `netattach lab
 //! down` removes it.
 
+pub mod api;
 pub mod attach;
 pub mod cleanup;
 pub mod config;
+pub mod daemons;
 pub mod error;
 pub mod report;
 pub mod topology;
 pub mod validate;
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use tracing::warn;
@@ -39,12 +48,14 @@ use tracing::warn;
 pub use crate::config::LabConfig;
 pub use crate::error::LabError;
 
+use crate::api::ApiLab;
 use crate::attach::{Attachment, Runtime};
 use crate::cleanup::{LAB_DIR, LabDir, State, check_interrupt};
 use crate::config::{
     CLUSTER_CONFLIST, CLUSTER_IFNAME, CLUSTER_NETWORK_NAME, CLUSTER_NIC, CLUSTER_RANGE, NODE_NIC, PREFIX,
     Plan, STORAGE_IFNAME, STORAGE_SETTING, SameNode,
 };
+use crate::daemons::Daemons;
 use crate::report::{Row, step};
 use crate::topology::Topology;
 use crate::validate::Reach;
@@ -72,7 +83,46 @@ fn settings(config: &LabConfig) -> String {
         config.mode,
         config.mtu,
         if config.keep { " --keep" } else { "" }
-    )
+    ) + &config
+        .kubeconfig
+        .as_ref()
+        .map(|k| format!(" --kubeconfig {}", k.display()))
+        .unwrap_or_default()
+}
+
+/// The `--kubeconfig` side of a run: the API client (and what it created) and the node
+/// daemons. Dropping it removes both (a panic must not leave them).
+#[derive(Debug, Default)]
+struct Cluster {
+    api: Option<ApiLab>,
+    daemons: Daemons,
+}
+
+impl Cluster {
+    /// Delete the API objects the lab created, then stop the daemons; returns the failures.
+    fn teardown(&mut self) -> Vec<String> {
+        let mut failures = Vec::new();
+        if let Some(api) = &mut self.api {
+            failures.extend(api.remove_created());
+        }
+        failures.extend(self.daemons.stop());
+        failures
+    }
+
+    /// Record what exists now in the state file (for `lab down` after a crash or `--keep`).
+    fn record(&self, dir: &LabDir, state: &mut State) -> Result<(), LabError> {
+        state.api = self.api.as_ref().map(|a| a.created.clone());
+        state.daemons = self.daemons.records();
+        dir.write_state(state)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for f in self.teardown() {
+            warn!("{f}");
+        }
+    }
 }
 
 /// Everything the steps found, for the table and the verdict.
@@ -93,6 +143,11 @@ pub fn run(config: &LabConfig) -> Result<bool, LabError> {
     require_root()?;
     cleanup::install_signal_handlers();
     let started = Instant::now();
+    // Check the API server before building anything.
+    let mut cluster = Cluster {
+        api: plan.kubeconfig.as_deref().map(ApiLab::connect).transpose()?,
+        daemons: Daemons::default(),
+    };
     let dir = LabDir::create()?;
     let mut state = State {
         pid: std::process::id(),
@@ -100,17 +155,29 @@ pub fn run(config: &LabConfig) -> Result<bool, LabError> {
         settings: settings(config),
         namespaces: plan.namespaces(),
         dirs: vec![dir.root().to_path_buf()],
+        ..State::default()
     };
     dir.write_state(&state)?;
+    if let Some(api) = &cluster.api {
+        println!(
+            "API server {}: {} netattach daemon(s), one per lab node (logs in {}/<node>/daemon.log)",
+            api.server(),
+            plan.nodes.len(),
+            dir.daemons_dir().display()
+        );
+    }
 
     let mut topo = Topology::default();
-    let outcome = run_steps(&plan, &dir, &mut topo);
+    let outcome = run_steps(&plan, &dir, &mut topo, &mut cluster, &mut state);
     let mut findings = match outcome {
         Ok(f) => f,
         Err(e) => {
             // Tear down before reporting; the Drop guards would too, but quietly.
             if matches!(e, LabError::Interrupted { .. }) {
                 println!("interrupted: tearing the lab down");
+            }
+            for f in cluster.teardown() {
+                warn!("{f}");
             }
             for f in topo.teardown() {
                 warn!("{f}");
@@ -126,9 +193,13 @@ pub fn run(config: &LabConfig) -> Result<bool, LabError> {
     if kept {
         topo.keep();
         state.phase = "kept".into();
-        dir.write_state(&state)?;
+        cluster.record(&dir, &mut state)?;
+        // Left for `lab down`, which finds them in the state file.
+        std::mem::take(&mut cluster.daemons).keep();
+        cluster.api = None;
         dir.keep();
     } else {
+        findings.problems.extend(cluster.teardown());
         findings.problems.extend(topo.teardown());
         if let Err(e) = dir.remove() {
             findings.problems.push(e.to_string());
@@ -149,7 +220,13 @@ pub fn run(config: &LabConfig) -> Result<bool, LabError> {
     Ok(findings.problems.is_empty())
 }
 
-fn run_steps(plan: &Plan, dir: &LabDir, topo: &mut Topology) -> Result<Findings, LabError> {
+fn run_steps(
+    plan: &Plan,
+    dir: &LabDir,
+    topo: &mut Topology,
+    cluster: &mut Cluster,
+    state: &mut State,
+) -> Result<Findings, LabError> {
     let mut f = Findings::default();
     let n_nodes = plan.nodes.len();
     let n_pods = plan.pods.len();
@@ -175,11 +252,20 @@ fn run_steps(plan: &Plan, dir: &LabDir, topo: &mut Topology) -> Result<Findings,
 
     // 2. The plugins and what the cluster would hold.
     let bin_dir = dir.bin_dir();
+    let holder = match &cluster.api {
+        Some(api) => format!(
+            "creating in {}: NAD {STORAGE_SETTING}, {n_pods} pod(s) with Longhorn's annotation; starting {n_nodes} netattach daemon(s); writing {n_nodes} x {CLUSTER_CONFLIST}",
+            api.server()
+        ),
+        None => format!(
+            "writing NAD {STORAGE_SETTING}, {n_pods} pod(s) with Longhorn's annotation, {n_nodes} x {CLUSTER_CONFLIST}"
+        ),
+    };
     let s = step(
         2,
         STEPS,
         &format!(
-            "installing {} as netattach + macvlan + whereabouts into {}; writing NAD {STORAGE_SETTING}, {n_pods} pod(s) with Longhorn's annotation, {n_nodes} x {CLUSTER_CONFLIST}",
+            "installing {} as netattach + macvlan + whereabouts into {}; {holder}",
             plan.binary.display(),
             bin_dir.display()
         ),
@@ -187,14 +273,26 @@ fn run_steps(plan: &Plan, dir: &LabDir, topo: &mut Topology) -> Result<Findings,
     let installed = netattach_plugins::install::install(&plan.binary, &bin_dir, false)
         .map_err(LabError::from)
         .and_then(|_| Runtime::new(bin_dir.clone(), dir.ipam_dir(), dir.local_dir(), dir.nodes_dir()))
+        .and_then(|r| match cluster.api.is_some() {
+            true => start_cluster(plan, dir, topo, cluster, state).map(|sockets| r.with_daemons(sockets)),
+            false => Ok(r),
+        })
         .and_then(|r| r.prepare(plan, topo).map(|()| r));
     let runtime = match installed {
+        Ok(r) if r.kubernetes_mode() => {
+            s.done(&format!("{} daemon(s) ready", cluster.daemons.len()));
+            r
+        }
         Ok(r) => {
             s.done("");
             r
         }
         Err(e) => {
-            s.failed(&e.to_string());
+            if matches!(e, LabError::Interrupted { .. }) {
+                drop(s);
+            } else {
+                s.failed(&e.to_string());
+            }
             return Err(e);
         }
     };
@@ -249,13 +347,24 @@ fn run_steps(plan: &Plan, dir: &LabDir, topo: &mut Topology) -> Result<Findings,
     check_interrupt()?;
 
     // 5. network-status, as Longhorn reads it.
+    let from = match &cluster.api {
+        Some(api) => format!(", from the pod objects in {}", api.server()),
+        None => String::new(),
+    };
     let s = step(
         5,
         STEPS,
         &format!(
-            "reading network-status as Longhorn does (entry `{STORAGE_SETTING}`, ips string-sorted, first)"
+            "reading network-status as Longhorn does (entry `{STORAGE_SETTING}`, ips string-sorted, first){from}"
         ),
     );
+    if let Some(api) = &cluster.api {
+        for att in f.attachments.iter_mut().filter(|a| a.outcome.is_ok()) {
+            if let Some(pod) = topo.pods.get(att.pod) {
+                att.status = api.network_status(&pod.plan.netns);
+            }
+        }
+    }
     let found = validate::check_status(topo, &f.attachments);
     if found.is_empty() {
         s.done(&format!(
@@ -324,10 +433,24 @@ fn run_steps(plan: &Plan, dir: &LabDir, topo: &mut Topology) -> Result<Findings,
                 .push(format!("{}: CNI DEL failed: {e}", pod.plan.netns));
         }
     }
-    let leaks = validate::check_leaks(plan, topo, &runtime)?;
+    let mut leaks = validate::check_leaks(plan, topo, &runtime)?;
+    let mut removed = String::new();
+    if cluster.api.is_some() {
+        let daemons = cluster.daemons.len();
+        let failures = cluster.teardown();
+        state.api = cluster.api.as_ref().map(|a| a.created.clone());
+        state.daemons = cluster.daemons.records();
+        dir.write_state(state)?;
+        if failures.is_empty() {
+            removed = format!(
+                "; {n_pods} pod(s) and what else the lab created deleted from the API server, {daemons} daemon(s) stopped"
+            );
+        }
+        leaks.extend(failures);
+    }
     if del_failed == 0 && leaks.is_empty() {
         s.done(&format!(
-            "no link left in any pod, 0 allocations in both pools ({CLUSTER_RANGE}, {}), no attachment record left",
+            "no link left in any pod, 0 allocations in both pools ({CLUSTER_RANGE}, {}), no attachment record left{removed}",
             plan.range_text
         ));
     } else {
@@ -336,6 +459,73 @@ fn run_steps(plan: &Plan, dir: &LabDir, topo: &mut Topology) -> Result<Findings,
     f.problems.extend(leaks);
     f.detached = true;
     Ok(f)
+}
+
+/// `--kubeconfig`: create the API objects, start one daemon per lab node and wait for them;
+/// returns each node's daemon socket. Pods exist before the daemons start, so a ready daemon
+/// (caches listed) already knows them.
+fn start_cluster(
+    plan: &Plan,
+    dir: &LabDir,
+    topo: &mut Topology,
+    cluster: &mut Cluster,
+    state: &mut State,
+) -> Result<BTreeMap<String, std::path::PathBuf>, LabError> {
+    let Some(api) = cluster.api.as_mut() else {
+        return Ok(BTreeMap::new());
+    };
+    let nad_config =
+        serde_json::to_string_pretty(&attach::network_config(plan, &dir.ipam_dir())).map_err(|e| {
+            LabError::State {
+                path: dir.root().to_path_buf(),
+                problem: format!("cannot serialise the storage NAD config: {e}"),
+            }
+        })?;
+    let nodes: Vec<String> = plan.nodes.iter().map(|n| n.netns.clone()).collect();
+    let made = api
+        .ensure_namespace()
+        .and_then(|()| api.ensure_nodes(&nodes))
+        .and_then(|()| api.apply_nad(&nad_config));
+    cluster.record(dir, state)?;
+    made?;
+    let Some(api) = cluster.api.as_mut() else {
+        return Ok(BTreeMap::new());
+    };
+    let mut made = Ok(());
+    for pod in &mut topo.pods {
+        check_interrupt()?;
+        let node = plan
+            .nodes
+            .get(pod.plan.node)
+            .map(|n| n.netns.clone())
+            .unwrap_or_default();
+        match api.create_pod(&pod.plan.netns, &node) {
+            Ok(uid) => pod.uid = uid,
+            Err(e) => {
+                made = Err(e);
+                break;
+            }
+        }
+    }
+    cluster.record(dir, state)?;
+    made?;
+    let kubeconfig = plan.kubeconfig.clone().unwrap_or_default();
+    let mut started = Ok(());
+    for node in &nodes {
+        started = cluster
+            .daemons
+            .start(&plan.binary, &kubeconfig, node, &dir.daemons_dir());
+        if started.is_err() {
+            break;
+        }
+    }
+    cluster.record(dir, state)?;
+    started?;
+    cluster.daemons.wait_ready()?;
+    Ok(nodes
+        .iter()
+        .filter_map(|n| cluster.daemons.socket(n).map(|s| (n.clone(), s.to_path_buf())))
+        .collect())
 }
 
 fn print_results(plan: &Plan, f: &Findings, kept: bool, started: Instant) {
@@ -381,7 +571,16 @@ fn print_results(plan: &Plan, f: &Findings, kept: bool, started: Instant) {
             .unwrap_or("nalab-n1-p1");
         println!("the lab is still running (--keep); state in {LAB_DIR}/state.json");
         println!("  enter a pod:    nsenter --net=/run/netns/{first} ip addr");
-        println!("  network-status: {LAB_DIR}/k8s/pods/longhorn-system/{first}.status.json");
+        if plan.kubeconfig.is_some() {
+            println!(
+                "  network-status: annotation k8s.v1.cni.cncf.io/network-status of pod longhorn-system/{first} in the API server"
+            );
+            println!(
+                "  node daemons:   still running (pids in {LAB_DIR}/state.json; logs in {LAB_DIR}/daemons/<node>/daemon.log)"
+            );
+        } else {
+            println!("  network-status: {LAB_DIR}/k8s/pods/longhorn-system/{first}.status.json");
+        }
         println!("  remove the lab: netattach lab down");
     }
 

@@ -78,6 +78,10 @@ struct LabArgs {
     /// Leave the lab running after validation (tear it down later with `netattach lab down`).
     #[arg(long)]
     keep: bool,
+    /// Run against this API server: the NAD and the pods are API objects, one `netattach
+    /// daemon` per lab node answers the meta-plugin, network-status is read from the pods.
+    #[arg(long, value_name = "FILE")]
+    kubeconfig: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -182,6 +186,7 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                     mtu: args.mtu,
                     keep: args.keep,
                     binary: std::env::current_exe()?,
+                    kubeconfig: args.kubeconfig,
                 };
                 let passed = netattach_lab::run(&config)?;
                 Ok(if passed {

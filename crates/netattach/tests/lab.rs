@@ -539,3 +539,128 @@ fn vepa_mode_reaches_same_node_pods_through_the_switch() {
     }
     assert_eq!(lab_namespaces(), Vec::<String>::new());
 }
+
+/// How to run the test that needs an API server.
+const HOW_TO_RUN_WITH_K8S: &str =
+    "tools/test-k8s env CARGO_TARGET_DIR=/work/main/target/labk cargo test -p netattach --test lab";
+
+/// `netattach daemon` processes serving a lab node (their socket is under the lab directory).
+fn lab_daemons() -> Vec<String> {
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    rd.filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(" daemon ") && c.contains("/run/netattach-lab/daemons/"))
+        .collect()
+}
+
+/// With `--kubeconfig`, the NAD and the pods are API objects, each lab node has its own
+/// `netattach daemon`, the meta-plugin asks it (Kubernetes mode), and Longhorn's parse of the
+/// network-status on the pod object is lhnet1's address. Afterwards no namespace, no daemon
+/// and no API object of the lab is left.
+#[test]
+fn lab_against_the_api_server_with_one_daemon_per_node() {
+    let kubeconfig = std::env::var("KUBECONFIG").ok().filter(|k| !k.is_empty());
+    let (Some(kubeconfig), Some(_)) = (kubeconfig, std::env::var_os("NETATTACH_TESTENV_DIR")) else {
+        panic!(
+            "this test needs the test API server (KUBECONFIG and NETATTACH_TESTENV_DIR are not set); run: {HOW_TO_RUN_WITH_K8S}"
+        );
+    };
+    let _serial = start();
+    assert_eq!(lab_daemons(), Vec::<String>::new(), "lab daemons before the test");
+    let out = netattach(&[
+        "lab",
+        "--nodes",
+        "2",
+        "--pods-per-node",
+        "2",
+        "--range",
+        "198.18.4.0/24",
+        "--kubeconfig",
+        &kubeconfig,
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "exit {}", out.status);
+    assert!(
+        last_line(&stdout).starts_with("PASS"),
+        "last line: {}",
+        last_line(&stdout)
+    );
+    let server_line = stdout
+        .lines()
+        .find(|l| l.starts_with("API server "))
+        .unwrap_or_else(|| panic!("no API server line in:\n{stdout}"));
+    assert!(server_line.contains("https://127.0.0.1:"), "{server_line}");
+    assert!(server_line.contains("2 netattach daemon(s)"), "{server_line}");
+    assert!(stdout.contains("2 daemon(s) ready"), "daemons not reported ready");
+    assert!(
+        stdout.contains("from the pod objects in https://127.0.0.1:"),
+        "network-status not read from the API server"
+    );
+
+    let rows = table(&stdout);
+    assert_eq!(rows.len(), 4, "table rows");
+    assert_both_networks(&rows);
+    assert_detached_clean(&stdout);
+    assert!(
+        stdout.contains("2 daemon(s) stopped"),
+        "daemons not reported stopped"
+    );
+
+    assert_eq!(lab_namespaces(), Vec::<String>::new(), "namespaces left behind");
+    assert!(
+        !Path::new("/run/netattach-lab").exists(),
+        "lab directory left behind"
+    );
+    assert_eq!(lab_daemons(), Vec::<String>::new(), "daemons left behind");
+
+    // Nothing of the lab is left in the API server.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    rt.block_on(async {
+        use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+        let cluster = netattach_testenv::cluster().await;
+        let client = cluster.admin_client();
+        let pods: kube::Api<Pod> = kube::Api::all(client.clone());
+        let left: Vec<String> = pods
+            .list(&Default::default())
+            .await
+            .expect("list pods")
+            .items
+            .into_iter()
+            .filter_map(|p| p.metadata.name)
+            .filter(|n| n.starts_with("nalab-"))
+            .collect();
+        assert_eq!(left, Vec::<String>::new(), "lab pods left in the API server");
+        let nodes: kube::Api<Node> = kube::Api::all(client.clone());
+        let left: Vec<String> = nodes
+            .list(&Default::default())
+            .await
+            .expect("list nodes")
+            .items
+            .into_iter()
+            .filter_map(|n| n.metadata.name)
+            .filter(|n| n.starts_with("nalab-"))
+            .collect();
+        assert_eq!(left, Vec::<String>::new(), "lab nodes left in the API server");
+        let namespaces: kube::Api<Namespace> = kube::Api::all(client);
+        assert!(
+            namespaces
+                .get_opt("longhorn-system")
+                .await
+                .expect("get namespace")
+                .is_none(),
+            "the lab created longhorn-system and must delete it"
+        );
+    });
+}
