@@ -681,7 +681,10 @@ fn release_all(ns: &str, cidr: &str, per_node: usize) {
                             Err(e) => panic!("release {n}/{i}: {e}"),
                         }
                     };
-                    assert_eq!(freed.len(), 1, "release {n}/{i}");
+                    // An attempt that ran out of budget may already have freed it (its write
+                    // landed, a later step did not): the retry then frees nothing. That every
+                    // address is released exactly once is checked on the pool afterwards.
+                    assert!(freed.len() <= 1, "release {n}/{i} freed {}", freed.len());
                 }
             })
         })
