@@ -257,13 +257,12 @@ impl Meta {
                 };
                 runner::add(&rec.delegates[i], &env)
             });
+            // Results go into the record once, after the last delegate: a DEL that finds the
+            // record from before that write still undoes everything (prevResult is optional).
             let failure = match outcome {
                 Ok(result) => {
                     rec.delegates[i].result = Some(result);
-                    match record::write_atomic(&meta.cni_dir, &rec) {
-                        Ok(_) => None,
-                        Err(e) => Some(CniError::from(e)),
-                    }
+                    None
                 }
                 Err(e) => Some(e),
             };
@@ -280,6 +279,11 @@ impl Meta {
         }
 
         let last = rec.delegates.len().saturating_sub(1);
+        if let Err(e) = record::write_atomic(&meta.cni_dir, &rec) {
+            let e = CniError::from(e);
+            tracing::error!(error = %e, "recording the results failed; tearing down");
+            return Err(self.abort(meta, &rec, last, &pod_args, netns, &path, &who, e));
+        }
         let status = statuses(&rec.delegates);
         let published = match (&lookup.pod, status) {
             (Some(p), Ok(st)) => source::publish(meta, p, &st),
