@@ -389,6 +389,38 @@ impl KubeIpam {
         }
     }
 
+    /// After a failed pool write: `Ok(())` once the backoff has passed and the write should be
+    /// tried again (a 409 or a transient failure), `Err` when it must give up (fatal, or the
+    /// budget is spent). Counts conflicts for the give-up message.
+    async fn retry_after_write_failure(
+        &self,
+        err: kube::Error,
+        what: &str,
+        attempt: u32,
+        started: Instant,
+        deadline: Instant,
+        conflicts: &mut u32,
+    ) -> Result<(), IpamError> {
+        match classify(err, what, &self.namespace) {
+            ApiFailure::Conflict => {
+                *conflicts += 1;
+                if self.retry.wait(attempt, started, deadline).await {
+                    Ok(())
+                } else {
+                    Err(gave_up(what, *conflicts, self.retry.budget))
+                }
+            }
+            ApiFailure::Transient(e) => {
+                if self.retry.wait(attempt, started, deadline).await {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            }
+            ApiFailure::Fatal(e) => Err(e),
+        }
+    }
+
     /// All pools of the namespace, as documents.
     async fn list_pools(&self) -> Result<Vec<(IPPool, PoolDoc)>, IpamError> {
         let deadline = self.retry.deadline();
@@ -660,20 +692,14 @@ impl KubeIpam {
                         orip_created: false,
                     });
                 }
-                Err(e) => match classify(e, &what, &self.namespace) {
-                    ApiFailure::Conflict => {
-                        conflicts += 1;
-                        if !self.retry.wait(attempt, started, deadline).await {
-                            break Err(gave_up(&what, conflicts, self.retry.budget));
-                        }
+                Err(e) => {
+                    if let Err(e) = self
+                        .retry_after_write_failure(e, &what, attempt, started, deadline, &mut conflicts)
+                        .await
+                    {
+                        break Err(e);
                     }
-                    ApiFailure::Transient(e) => {
-                        if !self.retry.wait(attempt, started, deadline).await {
-                            break Err(e);
-                        }
-                    }
-                    ApiFailure::Fatal(e) => break Err(e),
-                },
+                }
             }
             attempt += 1;
         };
@@ -855,20 +881,10 @@ impl KubeIpam {
             }
             match self.write_pool(name, Some(&current), &doc, attempt).await {
                 Ok(()) => return Ok(Some(out)),
-                Err(e) => match classify(e, &what, &self.namespace) {
-                    ApiFailure::Conflict => {
-                        conflicts += 1;
-                        if !self.retry.wait(attempt, started, deadline).await {
-                            return Err(gave_up(&what, conflicts, self.retry.budget));
-                        }
-                    }
-                    ApiFailure::Transient(e) => {
-                        if !self.retry.wait(attempt, started, deadline).await {
-                            return Err(e);
-                        }
-                    }
-                    ApiFailure::Fatal(e) => return Err(e),
-                },
+                Err(e) => {
+                    self.retry_after_write_failure(e, &what, attempt, started, deadline, &mut conflicts)
+                        .await?;
+                }
             }
             attempt += 1;
         }
