@@ -9,11 +9,15 @@
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use netattach_netdev::{Handle, NamedNetns, Netns};
+use netattach_netdev::Handle;
 use serde_json::{Value, json};
+
+mod common;
+
+use common::{Error, INTERRUPTED, Ns, percentile, require_file, sweep_stale};
 
 const MASTER: &str = "stor0";
 const MASTER_PEER: &str = "stor0p";
@@ -23,11 +27,6 @@ const REF_DIR: &str = "/usr/lib/cni";
 /// sets never hand out the same address.
 const NA_RANGE: &str = "198.18.8.0/24";
 const REF_RANGE: &str = "198.18.9.0/24";
-
-type Error = Box<dyn std::error::Error + Send + Sync>;
-
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 extern "C" fn on_sigint(_: libc::c_int) {
     INTERRUPTED.store(true, Ordering::SeqCst);
@@ -85,60 +84,6 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("attach-bench: {e}");
             ExitCode::FAILURE
-        }
-    }
-}
-
-/// A named namespace deleted on drop (the links inside go with it).
-struct Ns(Option<NamedNetns>);
-
-impl Ns {
-    fn new() -> Result<Ns, Error> {
-        let name = format!(
-            "nat-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
-        Ok(Ns(Some(
-            NamedNetns::create(&name).map_err(|e| format!("create netns {name}: {e}"))?,
-        )))
-    }
-    fn named(&self) -> &NamedNetns {
-        self.0.as_ref().expect("namespace is live until drop")
-    }
-    fn path(&self) -> &Path {
-        self.named().path()
-    }
-    fn netns(&self) -> Result<Netns, Error> {
-        Ok(self.named().netns()?)
-    }
-}
-
-impl Drop for Ns {
-    fn drop(&mut self) {
-        if let Some(ns) = self.0.take() {
-            let name = ns.name().to_string();
-            if let Err(e) = ns.delete() {
-                eprintln!("warning: could not delete netns {name}: {e}");
-            }
-        }
-    }
-}
-
-/// Deletes `nat-<pid>-*` namespaces whose process is gone (a killed earlier run).
-fn sweep_stale() {
-    let Ok(names) = netattach_netdev::list_named_netns() else {
-        return;
-    };
-    for name in names {
-        let pid = name
-            .strip_prefix("nat-")
-            .and_then(|r| r.split('-').next())
-            .and_then(|p| p.parse::<u32>().ok());
-        if let Some(pid) = pid
-            && !Path::new(&format!("/proc/{pid}")).exists()
-        {
-            let _ = netattach_netdev::delete_named_netns(&name);
         }
     }
 }
@@ -285,26 +230,8 @@ impl Side {
     }
 }
 
-fn percentile(v: &[Duration], p: f64) -> Duration {
-    let mut s = v.to_vec();
-    s.sort();
-    if s.is_empty() {
-        return Duration::ZERO;
-    }
-    let idx = ((s.len() as f64 - 1.0) * p).round() as usize;
-    s[idx.min(s.len() - 1)]
-}
-
 fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1e3)
-}
-
-fn require_file(p: &Path, fix: &str) -> Result<(), Error> {
-    if p.is_file() {
-        Ok(())
-    } else {
-        Err(format!("{} not found; fix: {fix}", p.display()).into())
-    }
 }
 
 fn run() -> Result<(), Error> {
@@ -355,9 +282,9 @@ fn run() -> Result<(), Error> {
     let store = tmp.path().join("store");
     let hl_dir = tmp.path().join("host-local");
 
-    sweep_stale();
-    let node = Ns::new()?;
-    let switch = Ns::new()?;
+    sweep_stale("nat");
+    let node = Ns::new("nat")?;
+    let switch = Ns::new("nat")?;
     {
         let mut h = Handle::in_netns(&node.netns()?)?;
         h.create_veth(MASTER, MASTER_PEER, Some(&switch.netns()?))?;
@@ -367,7 +294,7 @@ fn run() -> Result<(), Error> {
         let i = hs.link_index(MASTER_PEER)?;
         hs.set_up(i)?;
     }
-    let pods: Vec<Ns> = (0..opts.pods).map(|_| Ns::new()).collect::<Result<_, _>>()?;
+    let pods: Vec<Ns> = (0..opts.pods).map(|_| Ns::new("nat")).collect::<Result<_, _>>()?;
 
     let base = |ipam: Value| json!({"cniVersion": "1.0.0", "name": "bench", "type": "macvlan", "master": MASTER, "mode": "bridge", "ipam": ipam});
     let mut na = Side {

@@ -18,14 +18,17 @@ use std::io::Write;
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use netattach_netdev::{Handle, NamedNetns, Netns};
+use netattach_netdev::Handle;
 use serde_json::{Value, json};
 
-type Error = Box<dyn std::error::Error + Send + Sync>;
+#[path = "../common.rs"]
+mod common;
+
+use common::{Error, INTERRUPTED, Ns, percentile, require_file, sweep_stale};
 
 /// The Kubernetes namespace of the bench's pods and NADs.
 const NS: &str = "pod-bench";
@@ -45,9 +48,6 @@ const NADS: [(&str, &str); 3] = [
 /// Bench pods get the networks annotation with this many NADs.
 const CONFIGS: [usize; 2] = [1, 3];
 const NETWORKS_ANNOTATION: &str = "k8s.v1.cni.cncf.io/networks";
-
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 extern "C" fn on_signal(_: libc::c_int) {
     INTERRUPTED.store(true, Ordering::SeqCst);
@@ -157,60 +157,6 @@ fn now_us() -> i64 {
 
 // ---------------------------------------------------------------------------------------------
 // Namespaces
-
-/// A named namespace deleted on drop (the links inside go with it).
-struct Ns(Option<NamedNetns>);
-
-impl Ns {
-    fn new() -> Result<Ns, Error> {
-        let name = format!(
-            "npb-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
-        Ok(Ns(Some(
-            NamedNetns::create(&name).map_err(|e| format!("create netns {name}: {e}"))?,
-        )))
-    }
-    fn named(&self) -> &NamedNetns {
-        self.0.as_ref().expect("namespace is live until drop")
-    }
-    fn path(&self) -> &Path {
-        self.named().path()
-    }
-    fn netns(&self) -> Result<Netns, Error> {
-        Ok(self.named().netns()?)
-    }
-}
-
-impl Drop for Ns {
-    fn drop(&mut self) {
-        if let Some(ns) = self.0.take() {
-            let name = ns.name().to_string();
-            if let Err(e) = ns.delete() {
-                eprintln!("warning: could not delete netns {name}: {e}");
-            }
-        }
-    }
-}
-
-/// Deletes `npb-<pid>-*` namespaces whose process is gone (a killed earlier run).
-fn sweep_stale() {
-    let Ok(names) = netattach_netdev::list_named_netns() else {
-        return;
-    };
-    for name in names {
-        let pid = name
-            .strip_prefix("npb-")
-            .and_then(|r| r.split('-').next())
-            .and_then(|p| p.parse::<u32>().ok());
-        if let Some(pid) = pid
-            && !Path::new(&format!("/proc/{pid}")).exists()
-        {
-            let _ = netattach_netdev::delete_named_netns(&name);
-        }
-    }
-}
 
 fn set_up(h: &mut Handle, name: &str) -> Result<(), Error> {
     let i = h.link_index(name)?;
@@ -680,16 +626,6 @@ struct Op {
     end_us: i64,
 }
 
-fn percentile(v: &[Duration], p: f64) -> Duration {
-    let mut s = v.to_vec();
-    s.sort();
-    if s.is_empty() {
-        return Duration::ZERO;
-    }
-    let idx = ((s.len() as f64 - 1.0) * p).round() as usize;
-    s[idx.min(s.len() - 1)]
-}
-
 fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1e3)
 }
@@ -832,14 +768,6 @@ fn describe_counts(counts: Option<&Counts>, per: usize) -> String {
 
 // ---------------------------------------------------------------------------------------------
 
-fn require_file(p: &Path, fix: &str) -> Result<(), Error> {
-    if p.is_file() {
-        Ok(())
-    } else {
-        Err(format!("{} not found; fix: {fix}", p.display()).into())
-    }
-}
-
 fn install_signal_handlers() {
     // SAFETY: installing a handler that only stores to an atomic.
     unsafe {
@@ -979,9 +907,9 @@ fn run() -> Result<(), Error> {
     };
 
     // --- topology ----------------------------------------------------------------------------
-    sweep_stale();
-    let node = Ns::new()?;
-    let switch = Ns::new()?;
+    sweep_stale("npb");
+    let node = Ns::new("npb")?;
+    let switch = Ns::new("npb")?;
     {
         let mut h = Handle::in_netns(&node.netns()?)?;
         set_up(&mut h, "lo")?;
@@ -999,7 +927,7 @@ fn run() -> Result<(), Error> {
     let mut pod_ns: BTreeMap<String, Ns> = BTreeMap::new();
     let pod_ref = |pod_ns: &mut BTreeMap<String, Ns>, name: &str| -> Result<PodRef, Error> {
         if !pod_ns.contains_key(name) {
-            pod_ns.insert(name.to_string(), Ns::new()?);
+            pod_ns.insert(name.to_string(), Ns::new("npb")?);
         }
         Ok(PodRef {
             name: name.to_string(),
@@ -1258,7 +1186,7 @@ fn run() -> Result<(), Error> {
             .unwrap_or_default();
         let mut burst_pods = Vec::new();
         for n in &names {
-            pod_ns.insert(n.clone(), Ns::new()?);
+            pod_ns.insert(n.clone(), Ns::new("npb")?);
             burst_pods.push(PodRef {
                 name: n.clone(),
                 uid: burst_uids.get(n).cloned().unwrap_or_default(),
