@@ -494,32 +494,6 @@ impl IpRange {
         }
     }
 
-    /// Like [`IpRange::first_free`] with a predicate. Each used offset costs one step.
-    pub fn first_free_by(&self, is_used: impl Fn(u128) -> bool) -> Option<IpAddr> {
-        let (s, e) = self.bounds();
-        let blocked = self.blocked();
-        let mut cand = s;
-        let mut bi = 0;
-        loop {
-            if cand > e {
-                return None;
-            }
-            while bi < blocked.len() && blocked[bi].1 < cand {
-                bi += 1;
-            }
-            if let Some(&(a, b)) = blocked.get(bi)
-                && a <= cand
-            {
-                cand = b.checked_add(1)?;
-                continue;
-            }
-            if !is_used(cand) {
-                return self.ip_at(cand);
-            }
-            cand = cand.checked_add(1)?;
-        }
-    }
-
     /// The prefix length of the CIDR.
     pub fn prefix_len(&self) -> u8 {
         self.cidr.prefix_len()
