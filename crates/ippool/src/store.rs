@@ -673,16 +673,12 @@ impl KubeIpam {
                 }
             }
 
-            if dirty.is_empty() {
-                break Ok(RangeOutcome {
-                    alloc,
-                    new: !held_before,
-                    offset,
-                    reservation,
-                    orip_created: false,
-                });
-            }
-            match self.write_pool(&name, current.as_ref(), &doc, attempt).await {
+            let written = if dirty.is_empty() {
+                Ok(())
+            } else {
+                self.write_pool(&name, current.as_ref(), &doc, attempt).await
+            };
+            match written {
                 Ok(()) => {
                     break Ok(RangeOutcome {
                         alloc,
