@@ -4,16 +4,22 @@
 //! answers with one JSON object and a newline, then closes. The socket is root-only (mode
 //! 0600 in a 0700 directory). Everything the shim needs on the hot path comes from the
 //! daemon's watch caches: no API read per pod ADD; the only API write is the network-status.
+//!
+//! The IPAM front (the `whereabouts` face with the kubernetes datastore) sends its allocations
+//! and releases here too ([`Request::IpamAllocate`], [`Request::IpamRelease`]): the daemon's
+//! engine folds the concurrent requests of its node for one pool into one pool write.
 
 use std::io::{BufRead, BufReader, Read, Write};
 
+use netattach_ipam::error::{ErrorKind, IpamError};
+use netattach_ipam::store::{Allocation, AllocationRequest, Owner};
 use serde::{Deserialize, Serialize};
 
 use crate::delegates::{Nad, PodInfo};
 use crate::status::NetworkStatus;
 
 /// Where the daemon listens by default.
-pub const DEFAULT_SOCKET: &str = "/run/netattach/daemon.sock";
+pub const DEFAULT_SOCKET: &str = netattach_ipam::config::DEFAULT_DAEMON_SOCKET;
 
 /// Largest message either side accepts (a pod with many NADs is a few KiB).
 pub const MAX_MESSAGE: u64 = 4 << 20;
@@ -61,6 +67,27 @@ pub enum Request {
     },
     /// Is the daemon ready (caches synced)?
     Ready,
+    /// Allocate one address per range of `request` from the `IPPool`s in `pool_namespace`
+    /// (idempotent per attachment, as the direct store).
+    IpamAllocate {
+        /// Namespace of the IPPool objects (the IPAM kubeconfig's context namespace, else
+        /// kube-system, as whereabouts).
+        pool_namespace: String,
+        /// The request, ranges in their whereabouts form (re-validated by the daemon).
+        request: AllocationRequest,
+    },
+    /// Release what `owner` holds in the named pools (whereabouts DEL). When the API server is
+    /// unreachable the daemon queues the release durably and answers
+    /// [`Response::IpamReleased`] with `queued: true`: the address stays held (never handed out
+    /// twice) until the queue is drained.
+    IpamRelease {
+        /// Namespace of the IPPool objects.
+        pool_namespace: String,
+        /// The pools of the configuration's ranges.
+        pools: Vec<String>,
+        /// Whose addresses.
+        owner: Owner,
+    },
     /// Record a Kubernetes Event (type Warning) on the pod: a failed ADD, so that
     /// `kubectl describe pod` says why (as Multus' `NoNetworkFound`). Best effort on both sides.
     Event {
@@ -75,6 +102,46 @@ pub enum Request {
         /// The message: the CNI error, naming the field, the value and the fix.
         message: String,
     },
+}
+
+/// What an IPAM failure is, so the shim maps it to the CNI code the direct path would return.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IpamFailure {
+    /// The configuration or request is invalid (CNI 7).
+    InvalidConfig,
+    /// A recognised field is not supported (CNI 2).
+    UnsupportedField,
+    /// Storage I/O (CNI 5).
+    Io,
+    /// The pool has no free address.
+    Exhausted,
+    /// A requested static address is held by another attachment.
+    RequestedUnavailable,
+    /// Retry later: the API server is unreachable or the write budget was spent (CNI 11).
+    TryAgain,
+    /// A pool object that cannot be read.
+    Corrupt,
+    /// A bug.
+    Internal,
+}
+
+impl From<&IpamError> for IpamFailure {
+    fn from(err: &IpamError) -> Self {
+        match err {
+            IpamError::Exhausted { .. } => IpamFailure::Exhausted,
+            IpamError::RequestedUnavailable { .. } => IpamFailure::RequestedUnavailable,
+            IpamError::Corrupt { .. } => IpamFailure::Corrupt,
+            _ => match err.kind() {
+                ErrorKind::InvalidConfig => IpamFailure::InvalidConfig,
+                ErrorKind::UnsupportedField => IpamFailure::UnsupportedField,
+                ErrorKind::Io => IpamFailure::Io,
+                ErrorKind::Exhausted => IpamFailure::Exhausted,
+                ErrorKind::TryAgain => IpamFailure::TryAgain,
+                ErrorKind::Internal => IpamFailure::Internal,
+            },
+        }
+    }
 }
 
 /// The `reason` of the Event for a failed ADD that has no more specific one.
@@ -92,6 +159,25 @@ pub enum Response {
         nads: Vec<Nad>,
         /// Referenced NADs that do not exist.
         missing: Vec<NadKey>,
+    },
+    /// Answer to [`Request::IpamAllocate`]: one allocation per range, in request order.
+    IpamAllocated {
+        /// The addresses.
+        allocations: Vec<Allocation>,
+    },
+    /// Answer to [`Request::IpamRelease`].
+    IpamReleased {
+        /// What was freed (empty when nothing was held, or when queued).
+        released: Vec<Allocation>,
+        /// The API server was unreachable: the release waits in the daemon's durable queue.
+        queued: bool,
+    },
+    /// An IPAM request failed.
+    IpamError {
+        /// What kind of failure (the shim maps it to the CNI code).
+        failure: IpamFailure,
+        /// The error, naming pool, value and fix.
+        message: String,
     },
     /// Success without data.
     Ok,
@@ -169,6 +255,35 @@ mod tests {
         write_message(&mut buf, &req).expect("write");
         assert!(String::from_utf8_lossy(&buf).contains(r#""op":"event""#));
         assert_eq!(read_message::<Request>(buf.as_slice()).expect("read"), req);
+    }
+
+    #[test]
+    fn an_ipam_request_round_trips_with_its_ranges_revalidated() -> Result<(), Box<dyn std::error::Error>> {
+        let range = netattach_ipam::range::IpRange::parse(
+            "198.18.4.0/24",
+            Some("198.18.4.10"),
+            None,
+            &["198.18.4.32/30".into(), "198.18.4.40".into()],
+            Some("198.18.4.1"),
+        )?;
+        let mut request = AllocationRequest::new(
+            Owner::new("c1", Some("ns/p".into()), "net1"),
+            vec![range],
+            Some("storage".into()),
+        );
+        request.requested = vec!["198.18.4.77".parse()?];
+        let req = Request::IpamAllocate {
+            pool_namespace: "kube-system".into(),
+            request,
+        };
+        let mut buf = Vec::new();
+        write_message(&mut buf, &req)?;
+        let back: Request = read_message(buf.as_slice())?;
+        assert_eq!(back, req);
+        // A range that does not validate is refused on arrival.
+        let text = String::from_utf8(buf)?.replace("198.18.4.10", "198.18.5.10");
+        assert!(read_message::<Request>(text.as_bytes()).is_err());
+        Ok(())
     }
 
     #[test]

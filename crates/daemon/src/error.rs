@@ -51,6 +51,14 @@ pub enum Error {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// The IPAM release queue directory could not be created.
+    #[error("IPAM release queue {}: {source} (fix: pass a writable --ipam-queue-dir)", path.display())]
+    QueueDir {
+        /// The directory.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
     /// The Tokio runtime or the signal handlers could not be set up.
     #[error("{what}: {source}")]
     Runtime {

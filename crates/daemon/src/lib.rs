@@ -15,6 +15,9 @@
 pub mod cache;
 pub mod client;
 pub mod error;
+pub mod gc;
+pub mod ipam;
+pub mod lease;
 pub mod metrics;
 pub mod nad;
 pub mod server;
@@ -65,6 +68,13 @@ pub struct DaemonArgs {
     /// Upper bound of the one API call of a `PublishStatus`, seconds.
     #[arg(long, default_value_t = 10)]
     pub publish_timeout: u64,
+    /// Where IPAM releases wait (durably) while the API server is unreachable.
+    #[arg(long, default_value = ipam::DEFAULT_QUEUE_DIR)]
+    pub ipam_queue_dir: PathBuf,
+    /// The namespace of the whereabouts `IPPool` objects, where the IPAM garbage collector
+    /// frees the allocations of pods that are gone (and holds its Lease).
+    #[arg(long, default_value = netattach_ippool::DEFAULT_NAMESPACE)]
+    pub ipam_namespace: String,
 }
 
 fn node_name(arg: Option<&str>) -> Result<String, Error> {
@@ -121,17 +131,32 @@ async fn run_async(args: DaemonArgs) -> Result<(), Error> {
             source,
         })?;
 
+    let gc = gc::start(
+        client.clone(),
+        gc::GcOptions {
+            node: node.clone(),
+            ipam_namespace: args.ipam_namespace.clone(),
+            watch_timeout_secs: args.watch_timeout,
+        },
+    );
+    let gc_metrics = gc.metrics();
+
     let watch = cache::WatchOptions {
         node: node.clone(),
         timeout_secs: args.watch_timeout,
     };
     let (caches, synced) = cache::Caches::start(&client, &watch, &metrics);
+    let ipam = Arc::new(ipam::IpamService::new(client.clone(), &args.ipam_queue_dir)?);
+    let drain_task = tokio::spawn(ipam::drain_forever(ipam.clone()));
     let metrics_task = {
         let caches = caches.clone();
         let metrics = metrics.clone();
+        let ipam = ipam.clone();
         tokio::spawn(metrics::serve(metrics_listener, move || {
             (
-                metrics.render(caches.pod_count(), caches.nad_count()),
+                metrics.render(caches.pod_count(), caches.nad_count())
+                    + &gc_metrics.render()
+                    + &ipam.render_metrics(),
                 metrics.synced(),
             )
         }))
@@ -142,6 +167,7 @@ async fn run_async(args: DaemonArgs) -> Result<(), Error> {
         node: node.clone(),
         metrics: metrics.clone(),
         publish_timeout: Duration::from_secs(args.publish_timeout),
+        ipam,
     });
     tracing::info!(
         %node,
@@ -197,7 +223,9 @@ async fn run_async(args: DaemonArgs) -> Result<(), Error> {
         );
         connections.abort_all();
     }
+    gc.shutdown().await;
     metrics_task.abort();
+    drain_task.abort();
     ready_removed?;
     tracing::info!("stopped");
     Ok(())

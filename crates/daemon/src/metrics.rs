@@ -26,7 +26,15 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// The socket operations, as metric labels.
-pub const OPS: [&str; 5] = ["resolve", "publish_status", "ready", "event", "invalid"];
+pub const OPS: [&str; 7] = [
+    "resolve",
+    "publish_status",
+    "ready",
+    "event",
+    "ipam_allocate",
+    "ipam_release",
+    "invalid",
+];
 
 /// Histogram bucket upper bounds, in seconds.
 const BUCKETS: [f64; 14] = [

@@ -6,6 +6,8 @@
 //!   annotation through `pods/status` (as Multus does), with `metadata.uid` in the patch as a
 //!   precondition when the uid is known (the apiserver refuses a patch whose uid differs);
 //! - `Ready` is `Ok` once both caches have synced;
+//! - `IpamAllocate` / `IpamRelease` go to the IPAM engine ([`crate::ipam`]): one pool write per
+//!   batch of concurrent requests; releases that cannot reach the API server are queued durably;
 //! - `Event` creates one core/v1 Warning Event about the pod (a failed ADD), so that
 //!   `kubectl describe pod` shows why; best effort, bounded like `PublishStatus`.
 //!
@@ -48,6 +50,8 @@ pub struct State {
     pub metrics: Arc<Metrics>,
     /// Upper bound of one `PublishStatus` API call.
     pub publish_timeout: Duration,
+    /// The IPAM engine and its release queue.
+    pub ipam: Arc<crate::ipam::IpamService>,
 }
 
 impl std::fmt::Debug for State {
@@ -163,6 +167,9 @@ pub async fn serve_connection(state: Arc<State>, stream: UnixStream) {
     };
     let error_code = match &response {
         Response::Error { code, .. } => Some(*code),
+        Response::IpamError { failure, message } => {
+            Some(netattach_plugins::errors::from_ipam_failure(*failure, message.clone()).code)
+        }
         _ => None,
     };
     let mut bytes = Vec::new();
@@ -218,6 +225,21 @@ async fn handle(state: &State, request: Request) -> (&'static str, Response) {
         } => (
             "publish_status",
             publish_status(state, &namespace, &name, uid.as_deref(), &status).await,
+        ),
+        Request::IpamAllocate {
+            pool_namespace,
+            request,
+        } => (
+            "ipam_allocate",
+            state.ipam.allocate(&pool_namespace, &request).await,
+        ),
+        Request::IpamRelease {
+            pool_namespace,
+            pools,
+            owner,
+        } => (
+            "ipam_release",
+            state.ipam.release(&pool_namespace, &pools, &owner).await,
         ),
         Request::Event {
             namespace,

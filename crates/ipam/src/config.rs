@@ -17,6 +17,8 @@
 //! * `datastore: "local"` (with optional `local_dir`) selects the single-machine file store;
 //!   `datastore: "etcd"` is refused (upstream removed the etcd backend in v0.6).
 //! * `node_slice_size` is recognised but refused as not supported yet.
+//! * `daemon_socket` (netattach): the node daemon's socket, [`DEFAULT_DAEMON_SOCKET`] unless
+//!   set; `""` turns the daemon off (the plugin then writes the IPPools itself, as whereabouts).
 //! * The gateway is attached to the first range that contains it and is never allocated.
 
 use std::net::IpAddr;
@@ -28,6 +30,10 @@ use serde_json::{Map, Value};
 
 use crate::error::ConfigError;
 use crate::range::{IpRange, parse_ip_sloppy, parse_net_sloppy};
+
+/// Where the node daemon listens by default: the IPAM front sends the kubernetes datastore's
+/// allocations and releases there when it answers (netattach key `daemon_socket`).
+pub const DEFAULT_DAEMON_SOCKET: &str = "/run/netattach/daemon.sock";
 
 /// Default directory of the local file store.
 pub const DEFAULT_LOCAL_DIR: &str = "/var/lib/netattach/ipam";
@@ -54,6 +60,7 @@ pub const IPAM_KEYS: &[&str] = &[
     "configuration_path",
     "datastore",
     "local_dir",
+    "daemon_socket",
     "log_file",
     "log_level",
     "leader_lease_duration",
@@ -213,6 +220,9 @@ pub struct IpamConfig {
     pub configuration_path: Option<PathBuf>,
     /// `datastore` (+ `local_dir`).
     pub datastore: Datastore,
+    /// `daemon_socket`: the node daemon that batches the kubernetes datastore's writes; `None`
+    /// when set to `""` (always write directly).
+    pub daemon_socket: Option<PathBuf>,
     /// `log_file`.
     pub log_file: Option<PathBuf>,
     /// `log_level`.
@@ -869,6 +879,28 @@ fn parse_ipam(ipam: &Map<String, Value>) -> Result<IpamConfig, ConfigError> {
             ));
         }
     };
+    let daemon_socket = match o.str("daemon_socket")? {
+        None if matches!(datastore, Datastore::Kubernetes) => Some(PathBuf::from(DEFAULT_DAEMON_SOCKET)),
+        None => None,
+        Some("") => None,
+        Some(p) if matches!(datastore, Datastore::Local { .. }) => {
+            return Err(ConfigError::invalid(
+                "ipam.daemon_socket",
+                Some(p.into()),
+                "applies only to the kubernetes datastore (the local store has no daemon)",
+                r#"remove `daemon_socket`, or use "datastore": "kubernetes""#,
+            ));
+        }
+        Some(p) if !p.starts_with('/') => {
+            return Err(ConfigError::invalid(
+                "ipam.daemon_socket",
+                Some(p.into()),
+                "is not an absolute path",
+                r#"write the daemon's --socket path, e.g. "/run/netattach/daemon.sock", or "" for none"#,
+            ));
+        }
+        Some(p) => Some(PathBuf::from(p)),
+    };
     if let Some(dir) = local_dir
         && !matches!(datastore, Datastore::Local { .. })
     {
@@ -902,6 +934,7 @@ fn parse_ipam(ipam: &Map<String, Value>) -> Result<IpamConfig, ConfigError> {
         k8s_api_root,
         configuration_path: o.str("configuration_path")?.map(PathBuf::from),
         datastore,
+        daemon_socket,
         log_file: o.str("log_file")?.map(PathBuf::from),
         log_level: o.str("log_level")?.map(str::to_string),
         flat_file: None,

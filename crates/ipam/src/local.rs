@@ -156,6 +156,34 @@ impl FileStore {
         Ok(())
     }
 
+    /// Every pool document of the store, by pool name (under the shared lock: a consistent
+    /// snapshot). For operator listings; allocation goes through [`Store`].
+    pub fn pools(&self) -> Result<BTreeMap<String, PoolDoc>, IpamError> {
+        let _lock = self.lock(false)?;
+        self.load_all()
+    }
+
+    /// Free the address at `offset` of pool `name` if `expected` still holds it (an operator's
+    /// release; see [`pool::release_offset_in`]). `Ok(None)` when the pool does not exist.
+    pub fn release_offset(
+        &self,
+        name: &str,
+        offset: u128,
+        expected: &pool::Reservation,
+    ) -> Result<Option<pool::OffsetRelease>, IpamError> {
+        let _lock = self.lock(true)?;
+        let Some(mut doc) = self.load(name)? else {
+            return Ok(None);
+        };
+        let out = pool::release_offset_in(&mut doc, name, offset, expected);
+        if let pool::OffsetRelease::Released(a) = &out {
+            self.write(name, &doc)?;
+            tracing::info!(pool = %name, ip = %a.ip, container = %a.container_id, ifname = %a.ifname,
+                "released by an operator");
+        }
+        Ok(Some(out))
+    }
+
     fn commit(&self, docs: &BTreeMap<String, PoolDoc>, dirty: &BTreeSet<String>) -> Result<(), IpamError> {
         if dirty.is_empty() {
             return Ok(());

@@ -452,6 +452,47 @@ fn remove_where(
     (out, dirty)
 }
 
+/// What freeing one address by hand ([`release_offset_in`]) found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OffsetRelease {
+    /// The address was held by the expected attachment and is now free.
+    Released(Allocation),
+    /// Nothing holds the address (any more).
+    NotHeld,
+    /// Another attachment holds it now (the pool changed since the operator looked): kept.
+    HeldByOther(Reservation),
+}
+
+/// Whether two reservations name the same attachment: container id, podref and interface (the
+/// allocation time is not part of the identity).
+pub fn same_holder(a: &Reservation, b: &Reservation) -> bool {
+    a.id == b.id && a.podref == b.podref && a.ifname == b.ifname
+}
+
+/// Free the address at `offset` of pool `name`, but only while `expected` still holds it: an
+/// operator decides on what they saw, and an address handed to someone else in between must not
+/// be taken from its new holder.
+pub fn release_offset_in(
+    doc: &mut PoolDoc,
+    name: &str,
+    offset: u128,
+    expected: &Reservation,
+) -> OffsetRelease {
+    let freed = match doc.allocations.get(&offset) {
+        None => return OffsetRelease::NotHeld,
+        Some(r) if !same_holder(r, expected) => return OffsetRelease::HeldByOther(r.clone()),
+        // Offsets of a loaded document lie inside its range, so this is always `Some`.
+        Some(r) => doc.allocation(name, offset, r, None),
+    };
+    match freed {
+        Some(a) => {
+            doc.allocations.remove(&offset);
+            OffsetRelease::Released(a)
+        }
+        None => OffsetRelease::NotHeld,
+    }
+}
+
 /// All reservations as allocations.
 pub fn list(docs: &BTreeMap<String, PoolDoc>) -> Vec<Allocation> {
     docs.iter()
@@ -469,4 +510,55 @@ pub fn check_in(docs: &BTreeMap<String, PoolDoc>, owner: &Owner) -> Vec<Allocati
         .into_iter()
         .filter(|a| owner.is_attachment_of(&a.container_id, a.podref.as_deref().unwrap_or(""), &a.ifname))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn holder(id: &str, podref: &str) -> Reservation {
+        Reservation {
+            id: id.into(),
+            podref: podref.into(),
+            ifname: "net1".into(),
+            time: Some(7),
+        }
+    }
+
+    fn doc_with(offset: u128, r: Reservation) -> PoolDoc {
+        let mut doc = PoolDoc::new("198.18.0.0/24".parse().expect("cidr"), None);
+        doc.allocations.insert(offset, r);
+        doc
+    }
+
+    #[test]
+    fn release_offset_frees_only_the_expected_holder() {
+        let mut doc = doc_with(5, holder("c1", "ns/a"));
+        // The time is not part of the identity.
+        let seen = Reservation {
+            time: None,
+            ..holder("c1", "ns/a")
+        };
+        match release_offset_in(&mut doc, "p", 5, &seen) {
+            OffsetRelease::Released(a) => {
+                assert_eq!(a.ip.to_string(), "198.18.0.5");
+                assert_eq!(a.podref.as_deref(), Some("ns/a"));
+                assert_eq!(a.pool, "p");
+            }
+            other => panic!("expected a release, got {other:?}"),
+        }
+        assert!(doc.allocations.is_empty());
+        assert_eq!(release_offset_in(&mut doc, "p", 5, &seen), OffsetRelease::NotHeld);
+    }
+
+    #[test]
+    fn release_offset_keeps_an_address_that_changed_hands() {
+        let mut doc = doc_with(5, holder("c2", "ns/b"));
+        let out = release_offset_in(&mut doc, "p", 5, &holder("c1", "ns/a"));
+        assert_eq!(out, OffsetRelease::HeldByOther(holder("c2", "ns/b")));
+        assert_eq!(doc.allocations.len(), 1, "the new holder keeps its address");
+        // Same pod, new sandbox: another attachment instance, also kept.
+        let out = release_offset_in(&mut doc, "p", 5, &holder("c1", "ns/b"));
+        assert!(matches!(out, OffsetRelease::HeldByOther(_)), "{out:?}");
+    }
 }

@@ -24,7 +24,12 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use crate::error::ConfigError;
 
 /// One configured address range (one entry of whereabouts' `ipRanges`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+///
+/// Serialized in its whereabouts form ([`IpRangeSpec`]) and parsed back through
+/// [`IpRange::parse`], so a range that crosses a process boundary (the node daemon's socket) is
+/// validated again on arrival.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "IpRangeSpec", into = "IpRangeSpec")]
 pub struct IpRange {
     /// The CIDR, normalised (host bits dropped).
     pub cidr: IpNet,
@@ -36,6 +41,49 @@ pub struct IpRange {
     pub exclude: Vec<IpNet>,
     /// The gateway: reported to callers, never allocated.
     pub gateway: Option<IpAddr>,
+}
+
+/// The whereabouts keys of one range, as written in a configuration.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct IpRangeSpec {
+    /// `range`: a CIDR.
+    pub range: String,
+    /// `range_start`.
+    pub range_start: String,
+    /// `range_end`.
+    pub range_end: String,
+    /// `exclude`: CIDRs.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// `gateway`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
+}
+
+impl From<IpRange> for IpRangeSpec {
+    fn from(r: IpRange) -> Self {
+        IpRangeSpec {
+            range: r.cidr.to_string(),
+            range_start: r.start.to_string(),
+            range_end: r.end.to_string(),
+            exclude: r.exclude.iter().map(ToString::to_string).collect(),
+            gateway: r.gateway.map(|g| g.to_string()),
+        }
+    }
+}
+
+impl TryFrom<IpRangeSpec> for IpRange {
+    type Error = ConfigError;
+
+    fn try_from(s: IpRangeSpec) -> Result<Self, ConfigError> {
+        IpRange::parse(
+            &s.range,
+            Some(&s.range_start),
+            Some(&s.range_end),
+            &s.exclude,
+            s.gateway.as_deref(),
+        )
+    }
 }
 
 impl fmt::Display for IpRange {

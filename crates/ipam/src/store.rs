@@ -21,7 +21,7 @@ use crate::error::IpamError;
 use crate::range::IpRange;
 
 /// The attachment an address belongs to.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
 pub struct Owner {
     /// CNI container id (sandbox id).
     pub container_id: String,
@@ -89,7 +89,7 @@ impl fmt::Display for Owner {
 }
 
 /// A request for one address per range.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AllocationRequest {
     /// Who asks.
     pub owner: Owner,
@@ -121,7 +121,7 @@ impl AllocationRequest {
 }
 
 /// One held address.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Allocation {
     /// The address.
     pub ip: IpAddr,

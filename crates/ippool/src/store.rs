@@ -5,22 +5,24 @@
 //! * Read the pool (`GET`). Absent: build it in memory and `create` it with the allocation
 //!   already inside (`AlreadyExists` means another writer created it first: read again).
 //! * Run the pure transaction (`allocate_in`, `release_in`, `gc_in`) on the document.
-//! * Write the whole object back with `replace`, carrying the resourceVersion that was read.
-//!   A 409 means someone wrote in between: read again and redo the transaction, after a jittered
-//!   exponential backoff, within a bounded total time ([`RetryPolicy`], 10 s by default); then
-//!   give up with a retryable error (CNI code 11). A write can therefore never remove or change
-//!   an allocation this store did not read.
+//! * Write it back as a JSON merge patch carrying the resourceVersion that was read. A 409 means
+//!   someone wrote in between: read again and redo the transaction, after a jittered exponential
+//!   backoff, within a bounded total time ([`RetryPolicy`], 10 s by default); then give up with
+//!   a retryable error (CNI code 11). A write can therefore never remove or change an allocation
+//!   this store did not read.
+//! * Allocation runs the batch protocol of [`crate::batch`] with a batch of one, so a plugin
+//!   without a daemon and the daemon's engine write pools the same way.
 //! * Multi-range (dual-stack) requests are all or nothing: the pools are separate objects, so
 //!   each range is committed in turn and, when a later range fails, the addresses the earlier
 //!   ranges newly handed out are removed again (an address the attachment already held before
 //!   this ADD is kept).
 //! * `enable_overlapping_ranges`: an address is also claimed by an `OverlappingRangeIPReservation`
-//!   named whereabouts' `NormalizeIP(ip, network_name)`, created with a plain `create` *before*
-//!   the pool write (whereabouts creates it after). `AlreadyExists` held by another attachment
-//!   means the address is taken in an overlapping range: the allocator picks another one (or a
-//!   static request fails naming the holder). A reservation created for an address that then
-//!   lost the pool race is deleted again. On release, a reservation is deleted only when it
-//!   names the released attachment, with a resourceVersion precondition.
+//!   named whereabouts' `NormalizeIP(ip, network_name)`, created with a plain `create` after the
+//!   pool write and before the answer (whereabouts' order). `AlreadyExists` held by another
+//!   attachment means the address is taken in an overlapping range: it comes out of the pool
+//!   again and the request gets another one (a static request fails naming the holder). On
+//!   release, a reservation is deleted only when it names the released attachment, with a
+//!   resourceVersion precondition.
 //!
 //! Objects live in the namespace of the kubeconfig's current context, `kube-system` when that
 //! names none (as whereabouts). [`KubeIpam`] is the async API (the node daemon's); [`KubeStore`]
@@ -47,7 +49,7 @@ use tokio::time::Instant;
 
 use crate::crd::{
     IPPool, IPPoolSpec, OverlappingRangeIPReservation, OverlappingRangeIPReservationSpec, doc_from_pool,
-    orip_name, pool_origin, spec_from_doc,
+    orip_name, spec_from_doc,
 };
 use crate::retry::RetryPolicy;
 
@@ -95,7 +97,7 @@ impl Stats {
         }
     }
 
-    fn bump(counter: &AtomicU64) {
+    pub(crate) fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 }
@@ -103,10 +105,10 @@ impl Stats {
 /// The async Kubernetes IPAM store (whereabouts `IPPool` objects in one namespace).
 #[derive(Clone)]
 pub struct KubeIpam {
-    client: Client,
+    pub(crate) client: Client,
     namespace: String,
-    retry: RetryPolicy,
-    stats: Arc<Stats>,
+    pub(crate) retry: RetryPolicy,
+    pub(crate) stats: Arc<Stats>,
     hook: Option<WriteHook>,
 }
 
@@ -121,7 +123,7 @@ impl fmt::Debug for KubeIpam {
 }
 
 /// How a Kubernetes API error is handled.
-enum ApiFailure {
+pub(crate) enum ApiFailure {
     /// 409: the object changed (Conflict) or was created meanwhile (AlreadyExists).
     Conflict,
     /// Worth retrying: 429, 5xx, connection failures.
@@ -130,7 +132,7 @@ enum ApiFailure {
     Fatal(IpamError),
 }
 
-fn classify(err: kube::Error, what: &str, namespace: &str) -> ApiFailure {
+pub(crate) fn classify(err: kube::Error, what: &str, namespace: &str) -> ApiFailure {
     match &err {
         kube::Error::Api(s) if s.code == 409 => ApiFailure::Conflict,
         kube::Error::Api(s) if s.code == 403 || s.code == 401 => ApiFailure::Fatal(IpamError::NotAvailable {
@@ -162,7 +164,7 @@ fn unavailable(what: &str, err: &kube::Error) -> IpamError {
     }
 }
 
-fn gave_up(what: &str, conflicts: u32, budget: std::time::Duration) -> IpamError {
+pub(crate) fn gave_up(what: &str, conflicts: u32, budget: std::time::Duration) -> IpamError {
     IpamError::NotAvailable {
         what: format!(
             "{what}: a write that does not conflict with other writers ({conflicts} attempts in {} s lost)",
@@ -228,6 +230,38 @@ pub fn merge_patch(base: &IPPool, spec: &IPPoolSpec) -> Option<serde_json::Value
     Some(Value::Object(root))
 }
 
+/// The namespace whereabouts keeps its objects in: the current context's, else `kube-system`.
+fn context_namespace(kc: &Kubeconfig) -> String {
+    kc.current_context
+        .as_deref()
+        .and_then(|cur| kc.contexts.iter().find(|c| c.name == cur))
+        .and_then(|c| c.context.as_ref())
+        .and_then(|c| c.namespace.clone())
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| DEFAULT_NAMESPACE.to_string())
+}
+
+/// The IPPool namespace an IPAM configuration means: its kubeconfig's context namespace, else
+/// `kube-system` (also without a kubeconfig: the node daemon brings its own credentials).
+///
+/// # Errors
+///
+/// When the kubeconfig is named but cannot be read.
+pub fn pool_namespace(cfg: &IpamConfig) -> Result<String, IpamError> {
+    let Some(path) = &cfg.kubeconfig else {
+        return Ok(DEFAULT_NAMESPACE.to_string());
+    };
+    let kc = Kubeconfig::read_from(path).map_err(|e| {
+        IpamError::from(ConfigError::invalid(
+            "ipam.kubernetes.kubeconfig",
+            Some(path.display().to_string()),
+            format!("cannot be read as a kubeconfig: {e}"),
+            "point it at a valid kubeconfig (whereabouts' install writes whereabouts.d/whereabouts.kubeconfig)",
+        ))
+    })?;
+    Ok(context_namespace(&kc))
+}
+
 /// Load a kubeconfig file: the client config and the namespace whereabouts would use (the
 /// current context's, else `kube-system`).
 pub async fn load_kubeconfig(path: &Path) -> Result<(Config, String), IpamError> {
@@ -245,35 +279,54 @@ pub async fn load_kubeconfig(path: &Path) -> Result<(Config, String), IpamError>
         .into()
     };
     let kc = Kubeconfig::read_from(path).map_err(|e| bad(format!("cannot be read as a kubeconfig: {e}")))?;
-    let namespace = kc
-        .current_context
-        .as_deref()
-        .and_then(|cur| kc.contexts.iter().find(|c| c.name == cur))
-        .and_then(|c| c.context.as_ref())
-        .and_then(|c| c.namespace.clone())
-        .filter(|n| !n.is_empty())
-        .unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
+    let namespace = context_namespace(&kc);
     let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
         .await
         .map_err(|e| bad(format!("is not usable: {e}")))?;
     Ok((config, namespace))
 }
 
+/// Validate a request as a whole (requested addresses map to ranges, at most one per range,
+/// none reserved) with the pure allocator on empty documents — the same errors as every other
+/// store, before anything is written — and split it into one single-range request per range.
+/// A requested address belongs to the first range containing it (as in `allocate_in`).
+pub(crate) fn per_range(req: &AllocationRequest) -> Result<Vec<AllocationRequest>, IpamError> {
+    let mut dry = req.clone();
+    dry.overlapping_ranges = false;
+    pool::allocate_in(&mut BTreeMap::new(), &dry, 0)?;
+    Ok(req
+        .ranges
+        .iter()
+        .enumerate()
+        .map(|(i, range)| {
+            let mut sub = req.clone();
+            sub.ranges = vec![range.clone()];
+            sub.requested = req
+                .requested
+                .iter()
+                .copied()
+                .filter(|ip| req.ranges.iter().position(|r| r.contains(*ip)) == Some(i))
+                .collect();
+            sub
+        })
+        .collect())
+}
+
 /// The state of one range's allocation while it is being retried.
-struct RangeOutcome {
-    alloc: Allocation,
+pub(crate) struct RangeOutcome {
+    pub(crate) alloc: Allocation,
     /// The attachment did not hold this address before (roll it back if a later range fails).
-    new: bool,
+    pub(crate) new: bool,
     /// Offset in the pool.
-    offset: u128,
+    pub(crate) offset: u128,
     /// The reservation written (to remove exactly it on rollback).
-    reservation: Reservation,
+    pub(crate) reservation: Reservation,
     /// The overlapping-range reservation this call created, if any.
-    orip_created: bool,
+    pub(crate) orip_created: bool,
 }
 
 /// Result of claiming an overlapping-range reservation.
-enum OripClaim {
+pub(crate) enum OripClaim {
     /// We hold it; `true` when this call created it.
     Mine(bool),
     /// Someone else does.
@@ -335,18 +388,18 @@ impl KubeIpam {
         self.stats.snapshot()
     }
 
-    fn pools(&self) -> Api<IPPool> {
+    pub(crate) fn pools(&self) -> Api<IPPool> {
         Api::namespaced(self.client.clone(), &self.namespace)
     }
 
-    fn orips(&self) -> Api<OverlappingRangeIPReservation> {
+    pub(crate) fn orips(&self) -> Api<OverlappingRangeIPReservation> {
         Api::namespaced(self.client.clone(), &self.namespace)
     }
 
     /// GET a pool, retrying transient failures until `deadline`. `cached` reads from the API
     /// server's watch cache (`resourceVersion=0`: cheap, possibly a little stale — a stale read
     /// only costs a refused write, never a wrong one); otherwise a quorum read.
-    async fn get_pool(
+    pub(crate) async fn get_pool(
         &self,
         name: &str,
         cached: bool,
@@ -392,7 +445,7 @@ impl KubeIpam {
     /// After a failed pool write: `Ok(())` once the backoff has passed and the write should be
     /// tried again (a 409 or a transient failure), `Err` when it must give up (fatal, or the
     /// budget is spent). Counts conflicts for the give-up message.
-    async fn retry_after_write_failure(
+    pub(crate) async fn retry_after_write_failure(
         &self,
         err: kube::Error,
         what: &str,
@@ -422,7 +475,7 @@ impl KubeIpam {
     }
 
     /// All pools of the namespace, as documents.
-    async fn list_pools(&self) -> Result<Vec<(IPPool, PoolDoc)>, IpamError> {
+    pub(crate) async fn list_pools(&self) -> Result<Vec<(IPPool, PoolDoc)>, IpamError> {
         let deadline = self.retry.deadline();
         let mut attempt = 0;
         let list = loop {
@@ -460,13 +513,13 @@ impl KubeIpam {
     /// resourceVersion that was read (the API server refuses it with 409 Conflict when the pool
     /// changed since: the same optimistic check as a `replace`, at a fraction of the cost for
     /// large pools, which are not re-sent and re-validated whole). `create` when it was absent.
-    async fn write_pool(
+    pub(crate) async fn write_pool(
         &self,
         name: &str,
         base: Option<&IPPool>,
         doc: &PoolDoc,
         attempt: u32,
-    ) -> Result<(), kube::Error> {
+    ) -> Result<IPPool, kube::Error> {
         if let Some(hook) = &self.hook {
             hook(name, attempt);
         }
@@ -494,9 +547,9 @@ impl KubeIpam {
             }
         };
         match res {
-            Ok(_) => {
+            Ok(written) => {
                 Stats::bump(&self.stats.writes);
-                Ok(())
+                Ok(written)
             }
             Err(e) => {
                 if matches!(&e, kube::Error::Api(s) if s.code == 409) {
@@ -511,26 +564,9 @@ impl KubeIpam {
 
     /// Allocate one address per range of `req` (or return what the attachment already holds).
     pub async fn allocate(&self, req: &AllocationRequest) -> Result<Vec<Allocation>, IpamError> {
-        // Validate the request as a whole (requested addresses map to ranges, at most one per
-        // range, none reserved) with the pure allocator on empty documents: the same errors as
-        // every other store, before anything is written.
-        let mut dry = req.clone();
-        dry.overlapping_ranges = false;
-        pool::allocate_in(&mut BTreeMap::new(), &dry, 0)?;
-
-        let deadline = self.retry.deadline();
         let mut done: Vec<RangeOutcome> = Vec::with_capacity(req.ranges.len());
-        for (i, range) in req.ranges.iter().enumerate() {
-            let mut sub = req.clone();
-            sub.ranges = vec![range.clone()];
-            // A requested address belongs to the first range containing it (as in allocate_in).
-            sub.requested = req
-                .requested
-                .iter()
-                .copied()
-                .filter(|ip| req.ranges.iter().position(|r| r.contains(*ip)) == Some(i))
-                .collect();
-            match self.allocate_range(&sub, deadline).await {
+        for sub in per_range(req)? {
+            match crate::batch::allocate_one(self, sub).await {
                 Ok(o) => done.push(o),
                 Err(e) => {
                     self.rollback(&req.owner, req.network_name.as_deref(), &done)
@@ -545,176 +581,8 @@ impl KubeIpam {
         Ok(done.into_iter().map(|o| o.alloc).collect())
     }
 
-    /// One range: read, allocate in memory, claim the overlapping-range reservation, write.
-    async fn allocate_range(
-        &self,
-        req: &AllocationRequest,
-        deadline: Instant,
-    ) -> Result<RangeOutcome, IpamError> {
-        let Some(range) = req.ranges.first() else {
-            return Err(IpamError::Corrupt {
-                path: "request".into(),
-                reason: "a range allocation without a range".into(),
-            });
-        };
-        let name = pool_name(req.network_name.as_deref(), &range.cidr);
-        let network = req.network_name.as_deref();
-        let what = format!("allocating from IPPool `{}/{name}`", self.namespace);
-        let mut pure = req.clone();
-        pure.overlapping_ranges = false;
-        // Offsets whose overlapping-range reservation another attachment holds.
-        let mut blocked: BTreeSet<u128> = BTreeSet::new();
-        // Reservations this call created, by address (deleted again unless they end up used).
-        let mut created: BTreeSet<IpAddr> = BTreeSet::new();
-        let mut attempt: u32 = 0;
-        let mut conflicts: u32 = 0;
-
-        let result = loop {
-            let started = Instant::now();
-            let current = match self.get_pool(&name, attempt == 0, deadline).await {
-                Ok(p) => p,
-                Err(e) => break Err(e),
-            };
-            let mut doc = match &current {
-                Some(p) => match doc_from_pool(&self.namespace, &name, &p.spec) {
-                    Ok(d) => d,
-                    Err(e) => break Err(e),
-                },
-                None => PoolDoc::new(range.cidr, req.network_name.clone()),
-            };
-            let held_before = doc
-                .allocations
-                .values()
-                .any(|r| req.owner.is_attachment_of(&r.id, &r.podref, &r.ifname));
-            // Placeholders keep the allocator off addresses held in overlapping ranges; they are
-            // removed before the document is written.
-            let placeholders: Vec<u128> = blocked
-                .iter()
-                .copied()
-                .filter(|o| !doc.allocations.contains_key(o))
-                .collect();
-            for o in &placeholders {
-                doc.allocations.insert(
-                    *o,
-                    Reservation {
-                        id: String::new(),
-                        podref: String::new(),
-                        ifname: "\0overlapping-range reservation".into(),
-                        time: None,
-                    },
-                );
-            }
-            let mut docs = BTreeMap::from([(name.clone(), doc)]);
-            let (allocs, dirty) = match pool::allocate_in(&mut docs, &pure, unix_now()) {
-                Ok(x) => x,
-                Err(e) => break Err(e),
-            };
-            let Some(mut doc) = docs.remove(&name) else {
-                break Err(IpamError::Corrupt {
-                    path: pool_origin(&self.namespace, &name),
-                    reason: "pool vanished during allocation".into(),
-                });
-            };
-            for o in &placeholders {
-                doc.allocations.remove(o);
-            }
-            let Some(alloc) = allocs.into_iter().next() else {
-                break Err(IpamError::Corrupt {
-                    path: pool_origin(&self.namespace, &name),
-                    reason: "the allocator returned no address".into(),
-                });
-            };
-            let Some(offset) = range.offset_of(alloc.ip) else {
-                break Err(IpamError::Corrupt {
-                    path: pool_origin(&self.namespace, &name),
-                    reason: format!("allocated {} outside {}", alloc.ip, range.cidr),
-                });
-            };
-            let Some(reservation) = doc.allocations.get(&offset).cloned() else {
-                break Err(IpamError::Corrupt {
-                    path: pool_origin(&self.namespace, &name),
-                    reason: format!("offset {offset} not in the document after allocation"),
-                });
-            };
-
-            if req.overlapping_ranges {
-                match self.claim_orip(alloc.ip, network, &req.owner, deadline).await {
-                    Ok(OripClaim::Mine(was_created)) => {
-                        if was_created {
-                            created.insert(alloc.ip);
-                        }
-                    }
-                    Ok(OripClaim::Taken(spec)) => {
-                        let holder = format!(
-                            "pod {} interface {} (OverlappingRangeIPReservation `{}/{}`)",
-                            spec.podref,
-                            spec.ifname,
-                            self.namespace,
-                            orip_name(alloc.ip, network)
-                        );
-                        if held_before {
-                            // Held in this pool already: keep it (it is not ours to fix), but say so.
-                            tracing::warn!(ip = %alloc.ip, %holder, owner = %req.owner,
-                                "the attachment holds this address in its pool, but its overlapping-range \
-                                 reservation names another holder");
-                        } else if !req.requested.is_empty() {
-                            break Err(IpamError::RequestedUnavailable {
-                                ip: alloc.ip,
-                                pool: name.clone(),
-                                holder,
-                            });
-                        } else {
-                            Stats::bump(&self.stats.orip_taken);
-                            blocked.insert(offset);
-                            continue;
-                        }
-                    }
-                    Err(e) => break Err(e),
-                }
-            }
-
-            let written = if dirty.is_empty() {
-                Ok(())
-            } else {
-                self.write_pool(&name, current.as_ref(), &doc, attempt).await
-            };
-            match written {
-                Ok(()) => {
-                    break Ok(RangeOutcome {
-                        alloc,
-                        new: !held_before,
-                        offset,
-                        reservation,
-                        orip_created: false,
-                    });
-                }
-                Err(e) => {
-                    if let Err(e) = self
-                        .retry_after_write_failure(e, &what, attempt, started, deadline, &mut conflicts)
-                        .await
-                    {
-                        break Err(e);
-                    }
-                }
-            }
-            attempt += 1;
-        };
-
-        // Reservations created for addresses that were not taken in the end go again.
-        let kept = result.as_ref().ok().map(|o| o.alloc.ip);
-        for ip in &created {
-            if Some(*ip) != kept {
-                self.delete_orip_of(*ip, network, &req.owner).await;
-            }
-        }
-        result.map(|mut o| {
-            o.orip_created = created.contains(&o.alloc.ip);
-            o
-        })
-    }
-
     /// Claim the overlapping-range reservation of `ip` for `owner`.
-    async fn claim_orip(
+    pub(crate) async fn claim_orip(
         &self,
         ip: IpAddr,
         network: Option<&str>,
@@ -739,7 +607,10 @@ impl KubeIpam {
         loop {
             let started = Instant::now();
             let failure = match self.orips().create(&PostParams::default(), &obj).await {
-                Ok(_) => return Ok(OripClaim::Mine(true)),
+                Ok(_) => {
+                    tracing::debug!(orip = %name, %owner, "overlapping-range reservation created");
+                    return Ok(OripClaim::Mine(true));
+                }
                 Err(e) => classify(e, &what, &self.namespace),
             };
             match failure {
@@ -780,7 +651,14 @@ impl KubeIpam {
     /// Delete the overlapping-range reservation of `ip` if it names `(id, podref, ifname)`
     /// (precondition: the resourceVersion that was read). Best effort: a leftover reservation
     /// only keeps an address from being reused, it never duplicates one.
-    async fn delete_orip_if(&self, ip: IpAddr, network: Option<&str>, id: &str, podref: &str, ifname: &str) {
+    pub(crate) async fn delete_orip_if(
+        &self,
+        ip: IpAddr,
+        network: Option<&str>,
+        id: &str,
+        podref: &str,
+        ifname: &str,
+    ) {
         let name = orip_name(ip, network);
         let existing = match self.orips().get_opt(&name).await {
             Ok(Some(o)) => o,
@@ -805,13 +683,15 @@ impl KubeIpam {
             ..DeleteParams::default()
         };
         match self.orips().delete(&name, &dp).await {
-            Ok(_) => tracing::debug!(orip = %name, "overlapping-range reservation deleted"),
+            Ok(_) => {
+                tracing::debug!(orip = %name, holder = %s.podref, "overlapping-range reservation deleted")
+            }
             Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
             Err(e) => tracing::warn!(orip = %name, error = %e, "cannot delete overlapping-range reservation"),
         }
     }
 
-    async fn delete_orip_of(&self, ip: IpAddr, network: Option<&str>, owner: &Owner) {
+    pub(crate) async fn delete_orip_of(&self, ip: IpAddr, network: Option<&str>, owner: &Owner) {
         self.delete_orip_if(
             ip,
             network,
@@ -823,7 +703,7 @@ impl KubeIpam {
     }
 
     /// Undo the ranges of a failed multi-range ADD that were newly allocated.
-    async fn rollback(&self, owner: &Owner, network: Option<&str>, done: &[RangeOutcome]) {
+    pub(crate) async fn rollback(&self, owner: &Owner, network: Option<&str>, done: &[RangeOutcome]) {
         for o in done.iter().rev().filter(|o| o.new) {
             let (offset, want) = (o.offset, o.reservation.clone());
             let res = self
@@ -851,7 +731,7 @@ impl KubeIpam {
     /// Read-modify-write an existing pool with `f` until the write is not refused; `first` is an
     /// already-read copy to start from. `f` returns its result and whether the document changed.
     /// An absent pool yields `Ok(None)`.
-    async fn update_pool<T>(
+    pub(crate) async fn update_pool<T>(
         &self,
         name: &str,
         mut first: Option<IPPool>,
@@ -876,7 +756,7 @@ impl KubeIpam {
                 return Ok(Some(out));
             }
             match self.write_pool(name, Some(&current), &doc, attempt).await {
-                Ok(()) => return Ok(Some(out)),
+                Ok(_) => return Ok(Some(out)),
                 Err(e) => {
                     self.retry_after_write_failure(e, &what, attempt, started, deadline, &mut conflicts)
                         .await?;

@@ -8,9 +8,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use netattach_ipam::config::DEFAULT_LOCAL_DIR;
-use netattach_ipam::local::FileStore;
-use netattach_ipam::store::Store;
 
 /// netattach: secondary pod networks (macvlan + cluster-wide IPAM) for Kubernetes, with a lab
 /// that proves the network works before anything depends on it.
@@ -45,7 +42,8 @@ enum Cmd {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Inspect IPAM allocations.
+    /// Inspect and repair IPAM allocations, in the cluster's whereabouts IPPools (--kubeconfig)
+    /// or the local store (--local-dir): ls, show, release.
     Ipam {
         #[command(subcommand)]
         command: IpamCmd,
@@ -90,16 +88,85 @@ enum LabAction {
     Down,
 }
 
+/// Which IPAM store an `ipam` command works on.
+#[derive(Args, Debug)]
+struct IpamStoreArgs {
+    /// Work on the cluster this kubeconfig reaches: its whereabouts IPPools (unless --local-dir
+    /// is given too) and its pods (node, whether they still exist). Without it: the local store.
+    #[arg(long, value_name = "FILE")]
+    kubeconfig: Option<PathBuf>,
+    /// The namespace of the IPPools (default: the kubeconfig context's, else kube-system, as
+    /// whereabouts). Needs --kubeconfig.
+    #[arg(long, value_name = "NS")]
+    namespace: Option<String>,
+    /// The local file store (`local_dir` of `"datastore": "local"`; default
+    /// /var/lib/netattach/ipam). With --kubeconfig, pods are still looked up in the cluster.
+    #[arg(long, value_name = "DIR")]
+    local_dir: Option<PathBuf>,
+}
+
+impl IpamStoreArgs {
+    fn selection(self) -> netattach_plugins::ipam_admin::StoreSelection {
+        netattach_plugins::ipam_admin::StoreSelection {
+            kubeconfig: self.kubeconfig,
+            namespace: self.namespace,
+            local_dir: self.local_dir,
+        }
+    }
+}
+
 #[derive(Subcommand, Debug)]
 enum IpamCmd {
-    /// List allocations: address, pool, owner, interface, age.
+    /// List every allocation: pool, IP, pod, interface, container id, node and age.
+    ///
+    /// The node is the pod's spec.nodeName (`gone` when the pod no longer exists, `-` when
+    /// unknown); the age is the allocation time when the store recorded it, else the creation of
+    /// the address's OverlappingRangeIPReservation, else the pod's creation, else `-`.
     Ls {
-        /// The local store directory (`local_dir` in the IPAM config).
-        #[arg(long, default_value = DEFAULT_LOCAL_DIR)]
-        local_dir: PathBuf,
-        /// Print JSON instead of a table.
+        #[command(flatten)]
+        store: IpamStoreArgs,
+        /// Print JSON (an array of objects; unknown facts are null) instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Show one pool: its range, size, used and free addresses, then its allocations.
+    ///
+    /// The allocations have the columns of `ls`. The size counts the addresses the allocator can
+    /// hand out in the pool's CIDR (network and broadcast excluded).
+    Show {
+        /// The pool name, e.g. storage-192.168.4.0-24 (`ls` lists them).
+        pool: String,
+        #[command(flatten)]
+        store: IpamStoreArgs,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Free an address by hand: `release POOL IP`, or a pod's with `--pod NS/NAME`.
+    ///
+    /// `--pod NS/NAME [--interface IF] [POOL]` frees every address the pod holds (on that
+    /// interface, in that pool). Refused while the holding pod exists and is not
+    /// terminating (or when its holder cannot be checked), naming the pod: use --force to free
+    /// it anyway. The write only frees the address while it is still held as listed, and
+    /// deletes its OverlappingRangeIPReservation when that names the freed attachment.
+    Release {
+        /// The pool the address belongs to (with --pod: only this pool).
+        #[arg(required_unless_present = "pod")]
+        pool: Option<String>,
+        /// The address to free.
+        #[arg(required_unless_present = "pod", conflicts_with = "pod")]
+        ip: Option<std::net::IpAddr>,
+        /// Free the addresses of this pod (namespace/name) instead of one address.
+        #[arg(long, value_name = "NS/NAME")]
+        pod: Option<String>,
+        /// With --pod: only the address on this interface.
+        #[arg(long, value_name = "IF", requires = "pod", conflicts_with = "ip")]
+        interface: Option<String>,
+        /// Free the address even though its pod is alive or cannot be checked.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        store: IpamStoreArgs,
     },
 }
 
@@ -161,11 +228,33 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Ipam {
-            command: IpamCmd::Ls { local_dir, json },
-        } => {
-            let allocations = FileStore::new(&local_dir)?.allocations()?;
-            print!("{}", netattach_plugins::ipam_report::render(&allocations, json));
+        Cmd::Ipam { command } => {
+            use netattach_plugins::ipam_admin;
+            let out = match command {
+                IpamCmd::Ls { store, json } => ipam_admin::ls(&store.selection(), json)?,
+                IpamCmd::Show { pool, store, json } => ipam_admin::show(&store.selection(), &pool, json)?,
+                IpamCmd::Release {
+                    pool,
+                    ip,
+                    pod,
+                    interface,
+                    force,
+                    store,
+                } => {
+                    let target = match (pod, pool, ip) {
+                        (Some(podref), pool, _) => ipam_admin::ReleaseTarget::Pod {
+                            podref,
+                            ifname: interface,
+                            pool,
+                        },
+                        (None, Some(pool), Some(ip)) => ipam_admin::ReleaseTarget::Address { pool, ip },
+                        // clap requires POOL and IP unless --pod is given.
+                        (None, _, _) => return Err("release: give POOL and IP, or --pod NS/NAME".into()),
+                    };
+                    ipam_admin::release(&store.selection(), &target, force)?
+                }
+            };
+            print!("{out}");
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Daemon(args) => {

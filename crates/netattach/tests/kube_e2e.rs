@@ -54,8 +54,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Event, Namespace, Pod};
 use kube::api::{ListParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Api, Client, Config};
+use kube::{Api, Client};
 use netattach_cluster::daemon_api::{Request, Response, read_message, write_message};
 use netattach_daemon::nad::{NetworkAttachmentDefinition, NetworkAttachmentDefinitionSpec};
 use serde_json::{Value, json};
@@ -844,111 +843,11 @@ async fn bad_annotations_fail_with_a_clear_error_and_a_pod_event_and_leave_nothi
 // ---------------------------------------------------------------------------------------------
 // (3) The API server stopped during DEL (a control plane of this test's own)
 
-/// A `tools/testenv` instance of this test; `down` on drop.
-struct OwnTestenv {
-    dir: tempfile::TempDir,
-}
-
-fn testenv_script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tools/testenv")
-}
-
-impl OwnTestenv {
-    fn up() -> OwnTestenv {
-        let dir = tmp("netattach-e2e-testenv-");
-        let out = Command::new(testenv_script())
-            .arg("up")
-            .arg("--dir")
-            .arg(dir.path().join("env"))
-            .arg("--nodes")
-            .arg("1")
-            .env_remove("NETATTACH_TESTENV_DIR")
-            .env_remove("TESTENV_DIR")
-            .stdin(Stdio::null())
-            .output()
-            .expect("run tools/testenv up");
-        let env = OwnTestenv { dir };
-        assert!(
-            out.status.success(),
-            "tools/testenv up --dir {}: {}",
-            env.state().display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        env
-    }
-
-    fn state(&self) -> PathBuf {
-        self.dir.path().join("env")
-    }
-
-    async fn admin(&self) -> Client {
-        let path = self.state().join("kubeconfig").join("admin.kubeconfig");
-        let kc = Kubeconfig::read_from(&path).expect("admin kubeconfig");
-        let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-            .await
-            .expect("config");
-        Client::try_from(config).expect("client")
-    }
-
-    /// Stops its kube-apiserver (SIGTERM, then waits for the process to go).
-    fn stop_apiserver(&self) {
-        let pid_file = self.state().join("run").join("kube-apiserver.pid");
-        let pid: i32 = std::fs::read_to_string(&pid_file)
-            .expect("kube-apiserver.pid")
-            .trim()
-            .parse()
-            .expect("pid");
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        assert!(
-            String::from_utf8_lossy(&cmdline).contains(&*self.state().to_string_lossy()),
-            "pid {pid} is not this instance's kube-apiserver"
-        );
-        // SAFETY: kill(2) on the apiserver this test started (checked by its command line).
-        unsafe {
-            libc::kill(pid, libc::SIGTERM);
-        }
-        // Its graceful shutdown drains the daemon's watches for a long time: SIGKILL after 3 s.
-        let gone = || {
-            !Path::new(&format!("/proc/{pid}")).exists()
-                || std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "))
-        };
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while !gone() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        if !gone() {
-            // SAFETY: as above.
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-            }
-        }
-        let deadline = Instant::now() + WAIT;
-        while !gone() {
-            assert!(Instant::now() < deadline, "kube-apiserver {pid} did not stop");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for OwnTestenv {
-    fn drop(&mut self) {
-        let out = Command::new(testenv_script())
-            .arg("down")
-            .arg("--dir")
-            .arg(self.state())
-            .stdin(Stdio::null())
-            .output();
-        if !out.as_ref().is_ok_and(|o| o.status.success()) {
-            eprintln!("tools/testenv down --dir {}: {out:?}", self.state().display());
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_server_down_during_del_still_removes_everything() {
     support::require_root();
-    let env = OwnTestenv::up();
-    let admin = env.admin().await;
+    let mut env = netattach_testenv::PrivateTestenv::up(1);
+    let admin = env.admin_client().await;
     let ns_name = "e2e-apidown";
     let mut ns = Namespace::default();
     ns.metadata.name = Some(ns_name.into());
@@ -963,7 +862,7 @@ async fn api_server_down_during_del_still_removes_everything() {
         assert!(Instant::now() < deadline, "no default ServiceAccount");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let w = World::new(admin, &node_kubeconfig(&env.state()));
+    let w = World::new(admin, &env.node_kubeconfig(NODE));
     w.nad(ns_name, "storage", STORAGE_RANGE).await;
     let longhorn = r#"[{"namespace": "e2e-apidown", "name": "storage", "interface": "lhnet1"}]"#;
     let pod = w.pod(ns_name, "im-apidown", &[(NETWORKS, longhorn)]).await;

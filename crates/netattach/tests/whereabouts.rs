@@ -253,7 +253,7 @@ fn ipam_ls_lists_the_allocation_as_table_and_json() {
     let table = ls(false);
     let row = table
         .lines()
-        .find(|l| l.starts_with(&addr))
+        .find(|l| l.split_whitespace().nth(1) == Some(addr.as_str()))
         .unwrap_or_else(|| panic!("no row for {addr} in:\n{table}"));
     for field in [pool.as_str(), "default/lsme", IFNAME] {
         assert!(row.contains(field), "row lacks {field}: {row}");

@@ -3,8 +3,9 @@
 //! netdev and ipam keep their own error types and know nothing of CNI; every conversion to a
 //! `{code, msg, details}` happens here so that codes stay consistent across plugins.
 
+use netattach_cluster::daemon_api::IpamFailure;
 use netattach_cni::error::{CniError, code};
-use netattach_ipam::error::{ErrorKind, IpamError};
+use netattach_ipam::error::IpamError;
 use netattach_netdev::NetdevError;
 
 /// A netlink or namespace failure during `what` (e.g. "create macvlan net1 on eth1").
@@ -19,27 +20,29 @@ pub fn from_netdev(what: &str, err: &NetdevError) -> CniError {
 
 /// An IPAM failure.
 pub fn from_ipam(err: &IpamError) -> CniError {
-    let details = err.to_string();
-    match err {
-        IpamError::Exhausted { .. } => CniError::new(code::POOL_EXHAUSTED, "IP pool exhausted", details),
-        IpamError::RequestedUnavailable { .. } => CniError::new(
+    from_ipam_failure(IpamFailure::from(err), err.to_string())
+}
+
+/// An IPAM failure as the node daemon reports it (its kind and its message) as a CNI error: the
+/// same code the plugin returns when it talks to the API server itself.
+pub fn from_ipam_failure(failure: IpamFailure, details: String) -> CniError {
+    match failure {
+        IpamFailure::Exhausted => CniError::new(code::POOL_EXHAUSTED, "IP pool exhausted", details),
+        IpamFailure::RequestedUnavailable => CniError::new(
             code::ADDRESS_UNAVAILABLE,
             "requested address unavailable",
             details,
         ),
-        IpamError::Corrupt { .. } => CniError::new(code::STORE_CORRUPT, "IPAM store corrupt", details),
-        _ => match err.kind() {
-            ErrorKind::InvalidConfig => CniError::invalid_config(details),
-            ErrorKind::UnsupportedField => CniError::new(
-                code::UNSUPPORTED_FIELD,
-                "unsupported field in network configuration",
-                details,
-            ),
-            ErrorKind::Io => CniError::io(details),
-            ErrorKind::TryAgain => CniError::try_again(details),
-            ErrorKind::Exhausted => CniError::new(code::POOL_EXHAUSTED, "IP pool exhausted", details),
-            ErrorKind::Internal => CniError::internal(details),
-        },
+        IpamFailure::Corrupt => CniError::new(code::STORE_CORRUPT, "IPAM store corrupt", details),
+        IpamFailure::InvalidConfig => CniError::invalid_config(details),
+        IpamFailure::UnsupportedField => CniError::new(
+            code::UNSUPPORTED_FIELD,
+            "unsupported field in network configuration",
+            details,
+        ),
+        IpamFailure::Io => CniError::io(details),
+        IpamFailure::TryAgain => CniError::try_again(details),
+        IpamFailure::Internal => CniError::internal(details),
     }
 }
 

@@ -5,13 +5,17 @@
 //! * [`meta`]: the `netattach` meta-plugin (Multus-compatible delegation).
 //! * [`errors`]: the one place where library errors become CNI error codes.
 //! * [`ipam_delegate`]: calling the IPAM plugin (in-process when it is this binary).
+//! * [`ipam_daemon`]: the `whereabouts` face's path through the node daemon's IPAM engine.
 //! * [`install`]: installing the multi-call binary into a CNI bin dir, atomically.
-//! * [`ipam_report`]: `netattach ipam ls`.
+//! * [`ipam_admin`]: `netattach ipam ls | show | release` over the cluster's pools or the local store.
+//! * [`ipam_report`]: their table and JSON rendering.
 //!
 //! [`plugin_for`] picks the face by the name the binary was invoked as.
 
 pub mod errors;
 pub mod install;
+pub mod ipam_admin;
+pub mod ipam_daemon;
 pub mod ipam_delegate;
 pub mod ipam_report;
 pub mod macvlan;

@@ -5,6 +5,9 @@
 //! pod); DEL releases by (container id, ifname) and frees nothing twice; CHECK verifies the
 //! attachment still holds its addresses; GC releases what `cni.dev/valid-attachments` does not
 //! list; STATUS checks the store is usable.
+//!
+//! With the kubernetes datastore, ADD and DEL go through the node daemon when one listens on
+//! `daemon_socket` ([`crate::ipam_daemon`]); otherwise the plugin writes the IPPools itself.
 
 use std::net::IpAddr;
 
@@ -14,11 +17,13 @@ use netattach_cni::skel::{Plugin, Request};
 use netattach_ipam::config::{Datastore, FlatFileSearch, IpamConfig};
 use netattach_ipam::error::{ErrorKind, IpamError};
 use netattach_ipam::local::FileStore;
-use netattach_ipam::store::{AllocationRequest, GcRequest, Owner, Store};
-use netattach_ippool::KubeStore;
+use netattach_ipam::range::pool_name;
+use netattach_ipam::store::{Allocation, AllocationRequest, GcRequest, Owner, Store};
+use netattach_ippool::{KubeStore, pool_namespace};
 use serde_json::Value;
 
 use crate::errors::from_ipam;
+use crate::ipam_daemon;
 
 /// The whereabouts-compatible IPAM plugin.
 #[derive(Debug, Clone, Default)]
@@ -43,6 +48,45 @@ pub fn open_store(cfg: &IpamConfig) -> Result<Box<dyn Store>, CniError> {
         // whereabouts' IPPool objects, written directly with resourceVersion-checked updates.
         Datastore::Kubernetes => Ok(Box::new(KubeStore::open(cfg).map_err(|e| from_ipam(&e))?)),
     }
+}
+
+/// Allocate: through the node daemon when the kubernetes datastore has one, else directly.
+pub fn allocate(cfg: &IpamConfig, request: &AllocationRequest) -> Result<Vec<Allocation>, CniError> {
+    if let (Datastore::Kubernetes, Some(socket)) = (&cfg.datastore, &cfg.daemon_socket) {
+        let namespace = pool_namespace(cfg).map_err(|e| from_ipam(&e))?;
+        if let Some(allocations) = ipam_daemon::allocate(socket, &namespace, request)? {
+            return Ok(allocations);
+        }
+    }
+    open_store(cfg)?.allocate(request).map_err(|e| from_ipam(&e))
+}
+
+/// Release (whereabouts DEL over the configuration's pools): through the node daemon when the
+/// kubernetes datastore has one, else directly. Returns how many addresses were freed.
+pub fn release(cfg: &IpamConfig, who: &Owner) -> Result<usize, CniError> {
+    if let (Datastore::Kubernetes, Some(socket)) = (&cfg.datastore, &cfg.daemon_socket) {
+        let namespace = pool_namespace(cfg).map_err(|e| from_ipam(&e))?;
+        let pools: Vec<String> = cfg
+            .ranges
+            .iter()
+            .map(|r| pool_name(cfg.network_name.as_deref(), &r.cidr))
+            .collect();
+        if let Some(released) = ipam_daemon::release(socket, &namespace, &pools, who)? {
+            if released.queued {
+                tracing::warn!(owner = %who, "the API server is unreachable: the node daemon queued the release");
+            }
+            return Ok(released.freed.len());
+        }
+    }
+    let store = match open_store(cfg) {
+        Ok(s) => s,
+        // A store that cannot be configured (e.g. no kubeconfig) held nothing for us.
+        Err(e) if e.code == code::UNSUPPORTED_FIELD || e.code == code::INVALID_NETWORK_CONFIG => {
+            return Ok(0);
+        }
+        Err(e) => return Err(e),
+    };
+    Ok(store.release(who).map_err(|e| from_ipam(&e))?.len())
 }
 
 fn owner(req: &Request) -> Owner {
@@ -98,11 +142,10 @@ impl Plugin for Whereabouts {
 
     fn add(&self, req: &Request) -> Result<CniResult, CniError> {
         let cfg = self.load(req).map_err(|e| from_ipam(&e))?;
-        let store = open_store(&cfg)?;
         let mut request = AllocationRequest::new(owner(req), cfg.ranges.clone(), cfg.network_name.clone());
         request.requested = requested_ips(req)?;
         request.overlapping_ranges = cfg.enable_overlapping_ranges;
-        let allocations = store.allocate(&request).map_err(|e| from_ipam(&e))?;
+        let allocations = allocate(&cfg, &request)?;
         let mut ips: Vec<IpConfig> = allocations
             .iter()
             .map(|a| IpConfig {
@@ -158,16 +201,8 @@ impl Plugin for Whereabouts {
             }
             Err(e) => return Err(from_ipam(&e)),
         };
-        let store = match open_store(&cfg) {
-            Ok(s) => s,
-            // A store that cannot be configured (e.g. no kubeconfig) held nothing for us.
-            Err(e) if e.code == code::UNSUPPORTED_FIELD || e.code == code::INVALID_NETWORK_CONFIG => {
-                return Ok(());
-            }
-            Err(e) => return Err(e),
-        };
-        let freed = store.release(&owner(req)).map_err(|e| from_ipam(&e))?;
-        tracing::info!(owner = %owner(req), freed = freed.len(), "released");
+        let freed = release(&cfg, &owner(req))?;
+        tracing::info!(owner = %owner(req), freed, "released");
         Ok(())
     }
 

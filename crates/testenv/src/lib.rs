@@ -15,6 +15,10 @@
 //! builds the control plane and tears it down). When it is missing, [`cluster`] panics with the
 //! command to run: a Kubernetes test never passes silently without a cluster.
 
+pub mod private;
+
+pub use private::PrivateTestenv;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -1,0 +1,172 @@
+//! The batching engine ([`BatchingIpam`]) against a real kube-apiserver: requests that queue
+//! up while a pool write is in flight go out together in the next single write; a request that
+//! cannot be served fails alone; releases and allocations mix in one batch.
+//!
+//! The first write of each test is held in the store's write hook until the test has queued
+//! the rest (the engine's `submitted` counter says when), so the batch composition does not
+//! depend on timing.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use kube::Api;
+use netattach_ipam::error::IpamError;
+use netattach_ipam::range::IpRange;
+use netattach_ipam::store::{AllocationRequest, Owner};
+use netattach_ippool::{BatchingIpam, IPPool, KubeIpam};
+
+fn request(pod: &str, cidr: &str, network: &str) -> AllocationRequest {
+    let range = IpRange::parse(cidr, None, None, &[], None).expect("range");
+    AllocationRequest::new(
+        Owner::new(format!("ctr-{pod}"), Some(format!("batch/{pod}")), "net1"),
+        vec![range],
+        Some(network.to_string()),
+    )
+}
+
+/// A store whose first pool write waits until `gate` says go.
+fn gated_store(client: kube::Client, namespace: &str) -> (KubeIpam, mpsc::Sender<()>) {
+    let (go, gate) = mpsc::channel::<()>();
+    let gate = Arc::new(Mutex::new(Some(gate)));
+    let ipam = KubeIpam::new(client, namespace).with_write_hook(Arc::new(move |_pool, _attempt| {
+        let first = gate.lock().map(|mut g| g.take()).unwrap_or(None);
+        if let Some(gate) = first {
+            // Blocks this task only: block_in_place hands the worker's other tasks to another
+            // thread, so the test's tasks keep running.
+            tokio::task::block_in_place(|| {
+                let _ = gate.recv_timeout(Duration::from_secs(60));
+            });
+        }
+    }));
+    (ipam, go)
+}
+
+async fn wait_submitted(engine: &BatchingIpam, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while engine.batch_stats().submitted.load(Ordering::SeqCst) < n {
+        assert!(
+            Instant::now() < deadline,
+            "only {:?} requests were queued",
+            engine.batch_stats()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_queued_during_a_write_go_out_in_one_write() {
+    let cluster = netattach_testenv::cluster().await;
+    let ns = cluster.namespace("batch-one-write").await;
+    let (ipam, go) = gated_store(cluster.node_client("node-1"), ns.name());
+    let engine = BatchingIpam::new(ipam);
+    let network = "batched";
+    let cidr = "198.18.96.0/24";
+
+    let first = {
+        let engine = engine.clone();
+        tokio::spawn(async move { engine.allocate(&request("p0", cidr, network)).await })
+    };
+    wait_submitted(&engine, 1).await;
+    let rest: Vec<_> = (1..=20)
+        .map(|i| {
+            let engine = engine.clone();
+            tokio::spawn(async move { engine.allocate(&request(&format!("p{i}"), cidr, network)).await })
+        })
+        .collect();
+    wait_submitted(&engine, 21).await;
+    go.send(()).expect("open the gate");
+
+    let mut ips: BTreeSet<IpAddr> = BTreeSet::new();
+    for h in std::iter::once(first).chain(rest) {
+        let a = h.await.expect("task").expect("allocation");
+        assert_eq!(a.len(), 1);
+        assert!(ips.insert(a[0].ip), "{} handed out twice", a[0].ip);
+    }
+    assert_eq!(ips.len(), 21);
+    let stats = engine.ipam().stats();
+    assert_eq!(
+        stats.writes, 2,
+        "21 requests in 2 writes (the first alone, then the 20 queued): {stats:?}"
+    );
+    assert_eq!(engine.batch_stats().largest.load(Ordering::SeqCst), 20);
+    // Every address is stored for its pod, with its overlapping-range reservation.
+    let pool = Api::<IPPool>::namespaced(cluster.admin_client(), ns.name())
+        .get(&format!("{network}-198.18.96.0-24"))
+        .await
+        .expect("pool");
+    assert_eq!(pool.spec.allocations.len(), 21);
+    let pods: BTreeSet<&str> = pool
+        .spec
+        .allocations
+        .values()
+        .map(|a| a.podref.as_str())
+        .collect();
+    assert_eq!(pods.len(), 21);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_failing_request_fails_alone_and_releases_mix_with_allocations() {
+    let cluster = netattach_testenv::cluster().await;
+    let ns = cluster.namespace("batch-mixed").await;
+    // A /30: two usable addresses.
+    let cidr = "198.18.97.0/30";
+    let network = "tiny";
+    let warmup = BatchingIpam::new(KubeIpam::new(cluster.node_client("node-2"), ns.name()));
+    let held = warmup
+        .allocate(&request("holder", cidr, network))
+        .await
+        .expect("first address");
+
+    let (ipam, go) = gated_store(cluster.node_client("node-2"), ns.name());
+    let engine = BatchingIpam::new(ipam);
+    // Batch 1 (held at the gate): release the holder. Batch 2: three allocations for the two
+    // addresses, so exactly one is refused as exhausted and the others succeed.
+    let release = {
+        let engine = engine.clone();
+        let pools = vec![format!("{network}-198.18.97.0-30")];
+        tokio::spawn(async move {
+            engine
+                .release(&request("holder", cidr, network).owner, &pools)
+                .await
+        })
+    };
+    wait_submitted(&engine, 1).await;
+    let adds: Vec<_> = ["a", "b", "c"]
+        .iter()
+        .map(|p| {
+            let engine = engine.clone();
+            let req = request(p, cidr, network);
+            tokio::spawn(async move { engine.allocate(&req).await })
+        })
+        .collect();
+    wait_submitted(&engine, 4).await;
+    go.send(()).expect("open the gate");
+
+    let freed = release.await.expect("task").expect("release");
+    assert_eq!(freed.iter().map(|a| a.ip).collect::<Vec<_>>(), vec![held[0].ip]);
+    let mut ok = Vec::new();
+    let mut exhausted = 0;
+    for h in adds {
+        match h.await.expect("task") {
+            Ok(a) => ok.push(a[0].ip),
+            Err(IpamError::Exhausted { .. }) => exhausted += 1,
+            Err(e) => panic!("unexpected failure: {e}"),
+        }
+    }
+    ok.sort();
+    assert_eq!(
+        exhausted, 1,
+        "exactly one of three requests for two addresses fails"
+    );
+    assert_eq!(
+        ok,
+        vec![
+            "198.18.97.1".parse::<IpAddr>().expect("ip"),
+            "198.18.97.2".parse().expect("ip")
+        ]
+    );
+    assert_eq!(engine.ipam().stats().writes, 2, "one write per batch");
+}

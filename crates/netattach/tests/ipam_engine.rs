@@ -1,0 +1,616 @@
+//! The node daemons' IPAM engine on the real kube-apiserver (issue 5 §2 and §6): ten
+//! `netattach daemon` processes, one per simulated node identity, and the IPAM front of the
+//! `whereabouts` face (`netattach_plugins::whereabouts::allocate` / `release`, the very code a
+//! CNI ADD and DEL run) sending them concurrent requests for one pool.
+//!
+//! * 1000 concurrent allocations: 0 duplicates, every result stored exactly as returned, and
+//!   0 leaks (pool and overlapping-range reservations empty) after 1000 concurrent releases.
+//! * The same while daemons are SIGKILLed mid-burst and restarted: a shim that finds its daemon
+//!   gone writes the pool itself; one that loses its daemon mid-request gets code 11 and retries,
+//!   as a kubelet does.
+//! * The same while the kube-apiserver is stopped and restarted (a control plane of the test's
+//!   own), and a DEL while the API server is down is queued durably by the daemon and completed
+//!   after the restart.
+//!
+//! Every request is retried on code 11 (what the runtime does); any other error fails the test.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use kube::api::ListParams;
+use kube::{Api, Client};
+use netattach_cni::error::code;
+use netattach_ipam::config::{FlatFileSearch, IpamConfig};
+use netattach_ipam::store::{AllocationRequest, Owner};
+use netattach_ippool::crd::orip_name;
+use netattach_ippool::{IPPool, OverlappingRangeIPReservation};
+use netattach_plugins::whereabouts;
+use serde_json::json;
+
+/// The pool of these tests (2046 usable addresses).
+const RANGE: &str = "198.18.64.0/21";
+/// Its IPPool name without the network prefix.
+const RANGE_NAME: &str = "198.18.64.0-21";
+/// How long one request may keep failing with code 11 before the test gives up.
+const RETRY_FOR: Duration = Duration::from_secs(180);
+/// How long a daemon may take to start.
+const WAIT: Duration = Duration::from_secs(60);
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local addr").port()
+}
+
+/// One node's `netattach daemon` (the real binary, the node's restricted identity).
+struct NodeDaemon {
+    node: String,
+    kubeconfig: PathBuf,
+    dir: tempfile::TempDir,
+    metrics_port: u16,
+    child: Option<Child>,
+}
+
+impl NodeDaemon {
+    fn start(node: &str, kubeconfig: &Path) -> NodeDaemon {
+        let mut d = NodeDaemon {
+            node: node.to_string(),
+            kubeconfig: kubeconfig.to_path_buf(),
+            dir: tempfile::Builder::new()
+                .prefix("netattach-ipam-daemon-")
+                .tempdir()
+                .expect("daemon dir"),
+            metrics_port: free_port(),
+            child: None,
+        };
+        d.spawn();
+        d
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.path().join("run").join("daemon.sock")
+    }
+
+    fn queue_dir(&self) -> PathBuf {
+        self.dir.path().join("queue")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    fn spawn(&mut self) {
+        assert!(
+            self.child.is_none(),
+            "{}: the daemon is already running",
+            self.node
+        );
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("daemon.log"))
+            .expect("daemon log");
+        let child = Command::new(env!("CARGO_BIN_EXE_netattach"))
+            .arg("daemon")
+            .arg("--node")
+            .arg(&self.node)
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .arg("--socket")
+            .arg(self.socket())
+            .arg("--ready-file")
+            .arg(self.dir.path().join("ready"))
+            .arg("--metrics-addr")
+            .arg(format!("127.0.0.1:{}", self.metrics_port))
+            .arg("--ipam-queue-dir")
+            .arg(self.queue_dir())
+            .env_remove("CNI_COMMAND")
+            .env_remove("NODE_NAME")
+            .env("NETATTACH_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn netattach daemon");
+        self.child = Some(child);
+        // The IPAM engine serves as soon as the socket is bound (it needs no cache).
+        let deadline = Instant::now() + WAIT;
+        while std::os::unix::net::UnixStream::connect(self.socket()).is_err() {
+            if let Some(st) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("{}: the daemon exited with {st}:\n{}", self.node, self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: no socket within {WAIT:?}:\n{}",
+                self.node,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The value of an IPAM engine counter on `/metrics` (0 when absent).
+    fn metric(&self, name: &str) -> u64 {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.metrics_port)).expect("metrics port");
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
+            .expect("request metrics");
+        let mut body = String::new();
+        s.read_to_string(&mut body).expect("read metrics");
+        body.lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    }
+
+    /// SIGKILL (a crash: the socket file stays behind) and reap.
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for NodeDaemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The IPAM configuration a NAD on `daemon`'s node would carry.
+fn config(network: &str, daemon: &NodeDaemon) -> IpamConfig {
+    let netconf = json!({
+        "cniVersion": "1.0.0",
+        "name": network,
+        "type": "macvlan",
+        "ipam": {
+            "type": "whereabouts",
+            "range": RANGE,
+            "network_name": network,
+            "kubernetes": {"kubeconfig": daemon.kubeconfig},
+            "daemon_socket": daemon.socket(),
+        }
+    });
+    IpamConfig::from_netconf_with(&netconf, &FlatFileSearch { paths: Vec::new() }).expect("IPAM config")
+}
+
+fn owner(network: &str, i: usize) -> Owner {
+    Owner::new(
+        format!("ctr-{network}-{i:05}"),
+        Some(format!("ipam-engine/{network}-pod-{i}")),
+        "net1",
+    )
+}
+
+/// One ADD through the IPAM front, retried on code 11 as a runtime does.
+fn allocate_retrying(cfg: &IpamConfig, who: &Owner) -> IpAddr {
+    let mut req = AllocationRequest::new(who.clone(), cfg.ranges.clone(), cfg.network_name.clone());
+    req.overlapping_ranges = cfg.enable_overlapping_ranges;
+    let deadline = Instant::now() + RETRY_FOR;
+    loop {
+        match whereabouts::allocate(cfg, &req) {
+            Ok(a) => {
+                assert_eq!(a.len(), 1, "{who}: one address per range");
+                return a[0].ip;
+            }
+            Err(e) if e.code == code::TRY_AGAIN_LATER && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50 + fastrand_ms()));
+            }
+            Err(e) => panic!("{who}: ADD failed: {e}"),
+        }
+    }
+}
+
+/// One DEL through the IPAM front, retried on code 11.
+fn release_retrying(cfg: &IpamConfig, who: &Owner) {
+    let deadline = Instant::now() + RETRY_FOR;
+    loop {
+        match whereabouts::release(cfg, who) {
+            Ok(_) => return,
+            Err(e) if e.code == code::TRY_AGAIN_LATER && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50 + fastrand_ms()));
+            }
+            Err(e) => panic!("{who}: DEL failed: {e}"),
+        }
+    }
+}
+
+/// A little jitter from the clock (no RNG dependency needed for spreading retries).
+fn fastrand_ms() -> u64 {
+    u64::from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .subsec_nanos()
+            % 100,
+    )
+}
+
+/// Runs `f(i)` for every i in 0..n, all released at once, on n threads.
+fn burst<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
+    let start = Barrier::new(n);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..n)
+            .map(|i| {
+                let (start, f) = (&start, &f);
+                std::thread::Builder::new()
+                    .stack_size(4 << 20)
+                    .spawn_scoped(s, move || {
+                        start.wait();
+                        f(i)
+                    })
+                    .expect("spawn a request thread")
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("request thread"))
+            .collect()
+    })
+}
+
+/// Where the pools are: the namespace of the node kubeconfigs' context (as whereabouts).
+fn pool_ns(cfg: &IpamConfig) -> String {
+    netattach_ippool::pool_namespace(cfg).expect("pool namespace")
+}
+
+/// One test's pool: the admin client, the namespace of its objects, its network name.
+struct PoolView {
+    admin: Client,
+    namespace: String,
+    network: String,
+}
+
+/// The pool's allocations: offset → (container id, podref).
+async fn pool_allocations(view: &PoolView) -> BTreeMap<u128, (String, String)> {
+    let (admin, network) = (&view.admin, view.network.as_str());
+    let pools: Api<IPPool> = Api::namespaced(admin.clone(), &view.namespace);
+    let Some(pool) = pools
+        .get_opt(&format!("{network}-{RANGE_NAME}"))
+        .await
+        .expect("read the IPPool")
+    else {
+        return BTreeMap::new();
+    };
+    pool.spec
+        .allocations
+        .iter()
+        .map(|(k, a)| {
+            (
+                k.parse::<u128>().expect("decimal offset"),
+                (a.id.clone(), a.podref.clone()),
+            )
+        })
+        .collect()
+}
+
+/// The overlapping-range reservations of the pool's network.
+async fn orips(view: &PoolView) -> Vec<String> {
+    let network = view.network.as_str();
+    let api: Api<OverlappingRangeIPReservation> = Api::namespaced(view.admin.clone(), &view.namespace);
+    api.list(&ListParams::default())
+        .await
+        .expect("list ORIPs")
+        .items
+        .into_iter()
+        .filter_map(|o| o.metadata.name)
+        .filter(|n| n.starts_with(&format!("{network}-")))
+        .collect()
+}
+
+fn offset_of(ip: IpAddr) -> u128 {
+    let base: IpAddr = "198.18.64.0".parse().expect("base");
+    match (ip, base) {
+        (IpAddr::V4(a), IpAddr::V4(b)) => u128::from(u32::from(a) - u32::from(b)),
+        _ => panic!("{ip} is not IPv4"),
+    }
+}
+
+/// The whole-burst assertions: every address distinct, in the range, and stored in the pool
+/// exactly for the attachment it was returned to; and the ORIP of each exists.
+async fn assert_no_duplicates(view: &PoolView, results: &[(Owner, IpAddr)]) {
+    let network = view.network.as_str();
+    let distinct: BTreeSet<IpAddr> = results.iter().map(|(_, ip)| *ip).collect();
+    assert_eq!(
+        distinct.len(),
+        results.len(),
+        "duplicate addresses were handed out"
+    );
+    let stored = pool_allocations(view).await;
+    assert_eq!(
+        stored.len(),
+        results.len(),
+        "the pool holds {} allocations for {} attachments",
+        stored.len(),
+        results.len()
+    );
+    for (who, ip) in results {
+        let entry = stored
+            .get(&offset_of(*ip))
+            .unwrap_or_else(|| panic!("{ip} of {who} is not in the pool"));
+        assert_eq!(
+            (&entry.0, Some(&entry.1)),
+            (&who.container_id, who.podref.as_ref()),
+            "{ip} is stored for another attachment"
+        );
+    }
+    let reservations: BTreeSet<String> = orips(view).await.into_iter().collect();
+    for (_, ip) in results {
+        assert!(
+            reservations.contains(&orip_name(*ip, Some(network))),
+            "{ip} has no OverlappingRangeIPReservation"
+        );
+    }
+}
+
+/// The bursts are heavy (1000 threads, ten daemons, thousands of API writes): one at a time,
+/// so each measures its own engine and not the other tests' load.
+static ONE_BURST_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn network_name(prefix: &str) -> String {
+    format!("{prefix}-{}", std::process::id())
+}
+
+/// Starts one daemon per node identity of the shared cluster.
+fn daemons_of(cluster: &netattach_testenv::Cluster, n: usize) -> Vec<NodeDaemon> {
+    let nodes = cluster.nodes();
+    assert!(
+        nodes.len() >= n,
+        "the test environment has {} node identities, this test needs {n} (tools/test-k8s starts 10)",
+        nodes.len()
+    );
+    nodes[..n]
+        .iter()
+        .map(|node| {
+            NodeDaemon::start(
+                node,
+                &cluster
+                    .dir()
+                    .join("kubeconfig")
+                    .join(format!("{node}.kubeconfig")),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_concurrent_allocations_from_ten_daemons_give_no_duplicates_and_no_leaks() {
+    let _one = ONE_BURST_AT_A_TIME.lock().await;
+    let cluster = netattach_testenv::cluster().await;
+    let admin = cluster.admin_client();
+    let network = network_name("engine");
+    let daemons = daemons_of(cluster, 10);
+    let configs: Vec<IpamConfig> = daemons.iter().map(|d| config(&network, d)).collect();
+    let view = PoolView {
+        admin,
+        namespace: pool_ns(&configs[0]),
+        network: network.clone(),
+    };
+    let owners: Vec<Owner> = (0..1000).map(|i| owner(&network, i)).collect();
+
+    let started = Instant::now();
+    let results = tokio::task::block_in_place(|| {
+        burst(owners.len(), |i| {
+            (
+                owners[i].clone(),
+                allocate_retrying(&configs[i % configs.len()], &owners[i]),
+            )
+        })
+    });
+    let total = |name: &str| daemons.iter().map(|d| d.metric(name)).sum::<u64>();
+    eprintln!(
+        "1000 allocations through 10 daemons in {:.2}s: {} requests in {} batches, {} pool writes, {} conflicts",
+        started.elapsed().as_secs_f64(),
+        total("netattach_ipam_batched_requests_total"),
+        total("netattach_ipam_batches_total"),
+        total("netattach_ipam_pool_writes_total"),
+        total("netattach_ipam_pool_conflicts_total"),
+    );
+    assert_no_duplicates(&view, &results).await;
+
+    // The same requests again: idempotent, the same addresses, nothing new written.
+    let again = tokio::task::block_in_place(|| {
+        burst(100, |i| {
+            allocate_retrying(&configs[(i + 3) % configs.len()], &owners[i])
+        })
+    });
+    for (i, ip) in again.iter().enumerate() {
+        assert_eq!(
+            *ip, results[i].1,
+            "{}: a repeated ADD got another address",
+            owners[i]
+        );
+    }
+    assert_eq!(pool_allocations(&view).await.len(), 1000);
+
+    tokio::task::block_in_place(|| {
+        burst(owners.len(), |i| {
+            release_retrying(&configs[i % configs.len()], &owners[i])
+        })
+    });
+    assert!(
+        pool_allocations(&view).await.is_empty(),
+        "allocations leaked after releasing everything"
+    );
+    assert_eq!(
+        orips(&view).await,
+        Vec::<String>::new(),
+        "overlapping-range reservations leaked"
+    );
+    for d in &daemons {
+        assert!(
+            std::fs::read_dir(d.queue_dir())
+                .expect("queue dir")
+                .next()
+                .is_none(),
+            "{}: a release was queued although the API server was up",
+            d.node
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemons_killed_mid_burst_and_restarted_give_no_duplicates_and_no_leaked_addresses() {
+    let _one = ONE_BURST_AT_A_TIME.lock().await;
+    let cluster = netattach_testenv::cluster().await;
+    let admin = cluster.admin_client();
+    let network = network_name("engine-kill");
+    let mut daemons = daemons_of(cluster, 10);
+    let configs: Vec<IpamConfig> = daemons.iter().map(|d| config(&network, d)).collect();
+    let view = PoolView {
+        admin,
+        namespace: pool_ns(&configs[0]),
+        network: network.clone(),
+    };
+    let owners: Vec<Owner> = (0..1000).map(|i| owner(&network, i)).collect();
+    let done = Arc::new(AtomicUsize::new(0));
+    // Kill points: a daemon goes down (SIGKILL) when the burst has completed this many
+    // requests, and is restarted right away.
+    let kill_points = [(100, 0), (250, 3), (400, 7), (550, 1), (700, 9), (850, 4)];
+
+    let results = tokio::task::block_in_place(|| {
+        std::thread::scope(|s| {
+            let chaos = s.spawn(|| {
+                let mut kills = 0;
+                for (at, which) in kill_points {
+                    while done.load(Ordering::SeqCst) < at {
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                    daemons[which].kill();
+                    kills += 1;
+                    std::thread::sleep(Duration::from_millis(100));
+                    daemons[which].spawn();
+                }
+                kills
+            });
+            let results = burst(owners.len(), |i| {
+                let ip = allocate_retrying(&configs[i % configs.len()], &owners[i]);
+                done.fetch_add(1, Ordering::SeqCst);
+                (owners[i].clone(), ip)
+            });
+            assert_eq!(chaos.join().expect("chaos thread"), kill_points.len());
+            results
+        })
+    });
+    assert_no_duplicates(&view, &results).await;
+
+    tokio::task::block_in_place(|| {
+        burst(owners.len(), |i| {
+            release_retrying(&configs[i % configs.len()], &owners[i])
+        })
+    });
+    assert!(
+        pool_allocations(&view).await.is_empty(),
+        "addresses leaked after releasing everything"
+    );
+    // The pool is written before the reservations are claimed, and a re-ADD claims the
+    // reservation of the address it finds: a daemon killed at any point leaves none behind.
+    assert_eq!(
+        orips(&view).await,
+        Vec::<String>::new(),
+        "overlapping-range reservations leaked"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_server_restarting_mid_burst_and_a_del_while_it_is_down() {
+    let _one = ONE_BURST_AT_A_TIME.lock().await;
+    let mut env = netattach_testenv::PrivateTestenv::up(10);
+    let admin = env.admin_client().await;
+    let network = network_name("engine-apiserver");
+    let daemons: Vec<NodeDaemon> = (1..=10)
+        .map(|i| {
+            let node = format!("node-{i}");
+            NodeDaemon::start(&node, &env.node_kubeconfig(&node))
+        })
+        .collect();
+    let configs: Vec<IpamConfig> = daemons.iter().map(|d| config(&network, d)).collect();
+    let view = PoolView {
+        admin,
+        namespace: pool_ns(&configs[0]),
+        network: network.clone(),
+    };
+    let owners: Vec<Owner> = (0..300).map(|i| owner(&network, i)).collect();
+    let done = AtomicUsize::new(0);
+
+    // The apiserver goes down after 100 allocations and comes back 2 s later.
+    let results = tokio::task::block_in_place(|| {
+        let handle = tokio::runtime::Handle::current();
+        std::thread::scope(|s| {
+            let env = &mut env;
+            let done = &done;
+            let restarter = s.spawn(move || {
+                while done.load(Ordering::SeqCst) < 100 {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                env.stop_apiserver();
+                let completed_while_down = done.load(Ordering::SeqCst);
+                std::thread::sleep(Duration::from_secs(2));
+                handle.block_on(env.start_apiserver());
+                completed_while_down
+            });
+            let results = burst(owners.len(), |i| {
+                let ip = allocate_retrying(&configs[i % configs.len()], &owners[i]);
+                done.fetch_add(1, Ordering::SeqCst);
+                (owners[i].clone(), ip)
+            });
+            let at_stop = restarter.join().expect("restarter");
+            assert!(
+                at_stop < owners.len(),
+                "the burst ended before the apiserver stopped"
+            );
+            results
+        })
+    });
+    assert_no_duplicates(&view, &results).await;
+    tokio::task::block_in_place(|| {
+        burst(owners.len(), |i| {
+            release_retrying(&configs[i % configs.len()], &owners[i])
+        })
+    });
+    assert!(pool_allocations(&view).await.is_empty(), "addresses leaked");
+    assert_eq!(orips(&view).await, Vec::<String>::new());
+
+    // A DEL while the API server is down: the daemon queues it and the DEL succeeds; the
+    // address stays held (never handed out twice) until the server is back and the queue drains.
+    let late: Vec<Owner> = (1000..1005).map(|i| owner(&network, i)).collect();
+    let cfg = &configs[0];
+    let held: Vec<IpAddr> =
+        tokio::task::block_in_place(|| late.iter().map(|o| allocate_retrying(cfg, o)).collect());
+    env.stop_apiserver();
+    tokio::task::block_in_place(|| {
+        for o in &late {
+            whereabouts::release(cfg, o).unwrap_or_else(|e| panic!("DEL with the API server down: {e}"));
+        }
+    });
+    let queued = std::fs::read_dir(daemons[0].queue_dir())
+        .expect("queue dir")
+        .count();
+    assert_eq!(queued, late.len(), "each DEL is queued durably");
+    env.start_apiserver().await;
+    assert_eq!(held.len(), late.len());
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !pool_allocations(&view).await.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the release queue was not drained:\n{}",
+            daemons[0].log()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::read_dir(daemons[0].queue_dir())
+        .expect("queue dir")
+        .next()
+        .is_some()
+    {
+        assert!(Instant::now() < deadline, "drained entries were not removed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(orips(&view).await, Vec::<String>::new());
+}
