@@ -30,10 +30,20 @@ use kube::{Api, Client};
 use netattach_cluster::daemon_api::{IpamFailure, Response};
 use netattach_ipam::error::{ErrorKind, IpamError};
 use netattach_ipam::store::{AllocationRequest, Owner};
-use netattach_ippool::{BatchingIpam, IPPool, KubeIpam};
+use netattach_ippool::{BatchingIpam, IPPool, KubeIpam, RetryPolicy};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
+
+/// The engine's retry policy: a batch gets 25 s (plus 50 ms per request) to land its write
+/// against the other nodes' writers, so that a request waiting behind one batch and then in its
+/// own stays within the shim's 60 s (`netattach_plugins::ipam_daemon::IPAM_CALL_TIMEOUT`).
+/// Ten nodes releasing a thousand addresses at once need more than the plugin's 10 s.
+pub const ENGINE_RETRY: RetryPolicy = RetryPolicy {
+    budget: Duration::from_secs(25),
+    base: Duration::from_millis(4),
+    cap: Duration::from_secs(1),
+};
 
 /// How often the release queue is drained.
 pub const DRAIN_INTERVAL: Duration = Duration::from_secs(15);
@@ -124,7 +134,9 @@ impl IpamService {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         engines
             .entry(namespace.to_string())
-            .or_insert_with(|| BatchingIpam::new(KubeIpam::new(self.client.clone(), namespace)))
+            .or_insert_with(|| {
+                BatchingIpam::new(KubeIpam::new(self.client.clone(), namespace).with_retry(ENGINE_RETRY))
+            })
             .clone()
     }
 

@@ -46,7 +46,7 @@ pub const ORIP_CONCURRENCY: usize = 16;
 
 /// Extra time a batch gets per request in it, on top of the store's retry budget (each claims
 /// or deletes an overlapping-range reservation).
-const PER_REQUEST: std::time::Duration = std::time::Duration::from_millis(100);
+const PER_REQUEST: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// The engine's counters (cumulative).
 #[derive(Debug, Default)]
@@ -484,6 +484,8 @@ async fn settle(
     let mut claimed: HashMap<(IpAddr, OwnerKey), bool> = HashMap::new();
     let mut network: Option<String> = None;
     let mut base = cached;
+    // Whether `base` is known to be the current pool (a quorum read, or this batch's own write).
+    let mut fresh = false;
     let mut attempt: u32 = 0;
     let mut conflicts: u32 = 0;
 
@@ -526,10 +528,16 @@ async fn settle(
         let current = match base.take() {
             Some(p) => Some(p),
             // The first read may come from the API server's cache; after a conflict, quorum.
-            None => match ipam.get_pool(name, attempt == 0, deadline).await {
-                Ok(p) => p,
-                Err(e) => break (BatchResult::Whole(e), None),
-            },
+            None => {
+                let cached_read = attempt == 0 && !fresh;
+                match ipam.get_pool(name, cached_read, deadline).await {
+                    Ok(p) => {
+                        fresh = !cached_read;
+                        p
+                    }
+                    Err(e) => break (BatchResult::Whole(e), None),
+                }
+            }
         };
         let mut doc = match &current {
             Some(p) => match doc_from_pool(ipam.namespace(), name, &p.spec) {
@@ -582,9 +590,21 @@ async fn settle(
                     continue;
                 }
             }
+        } else if !fresh {
+            // Nothing to write, decided on a copy that may be stale (the last write's answer or
+            // the API server's cache): an answer that is not validated by a write must come from
+            // a quorum read, or a release could report "nothing held" and an idempotent ADD
+            // return an address that was freed meanwhile.
+            fresh = true;
+            base = None;
+            held_before.iter_mut().for_each(|h| *h = None);
+            attempt += 1;
+            continue;
         } else {
             current
         };
+        // What we just wrote is the current pool (the redo below starts from it).
+        fresh = true;
 
         // Claim the overlapping-range reservations of the addresses handed out.
         let to_claim: Vec<(usize, IpAddr, &Owner, bool, u128)> = outcomes

@@ -133,8 +133,9 @@ impl NodeDaemon {
         }
     }
 
-    /// The value of an IPAM engine counter on `/metrics` (0 when absent).
-    fn metric(&self, name: &str) -> u64 {
+    /// The sum of the series of metric `name` on `/metrics` whose labels contain `labels`
+    /// (0 when there are none).
+    fn metric_with(&self, name: &str, labels: &str) -> u64 {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(("127.0.0.1", self.metrics_port)).expect("metrics port");
         s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
@@ -142,9 +143,14 @@ impl NodeDaemon {
         let mut body = String::new();
         s.read_to_string(&mut body).expect("read metrics");
         body.lines()
-            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']) && l.contains(labels))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
             .sum()
+    }
+
+    /// The sum of every series of metric `name`.
+    fn metric(&self, name: &str) -> u64 {
+        self.metric_with(name, "")
     }
 
     /// SIGKILL (a crash: the socket file stays behind) and reap.
@@ -412,6 +418,22 @@ async fn a_thousand_concurrent_allocations_from_ten_daemons_give_no_duplicates_a
         total("netattach_ipam_pool_conflicts_total"),
     );
     assert_no_duplicates(&view, &results).await;
+    // Every daemon's /metrics shows the pool from its IPPool watch: 2046 addresses, 1000 used.
+    let pool_label = format!("pool=\"{network}-{RANGE_NAME}\"");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for d in &daemons {
+        while d.metric_with("netattach_ipam_pool_used", &pool_label) != 1000 {
+            assert!(
+                Instant::now() < deadline,
+                "{}: the pool gauges do not show 1000 used",
+                d.node
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(d.metric_with("netattach_ipam_pool_size", &pool_label), 2046);
+        assert_eq!(d.metric_with("netattach_ipam_pool_free", &pool_label), 1046);
+        assert_eq!(d.metric_with("netattach_ipam_pool_exhausted", &pool_label), 0);
+    }
 
     // The same requests again: idempotent, the same addresses, nothing new written.
     let again = tokio::task::block_in_place(|| {
@@ -433,25 +455,28 @@ async fn a_thousand_concurrent_allocations_from_ten_daemons_give_no_duplicates_a
             release_retrying(&configs[i % configs.len()], &owners[i])
         })
     });
+    for d in &daemons {
+        let queued = std::fs::read_dir(d.queue_dir()).expect("queue dir").count();
+        assert_eq!(
+            queued,
+            0,
+            "{}: {queued} releases were queued although the API server was up:\n{}",
+            d.node,
+            d.log()
+        );
+    }
+    let left = pool_allocations(&view).await;
     assert!(
-        pool_allocations(&view).await.is_empty(),
-        "allocations leaked after releasing everything"
+        left.is_empty(),
+        "{} allocations leaked after releasing everything: {:?}",
+        left.len(),
+        left.iter().take(5).collect::<Vec<_>>()
     );
     assert_eq!(
         orips(&view).await,
         Vec::<String>::new(),
         "overlapping-range reservations leaked"
     );
-    for d in &daemons {
-        assert!(
-            std::fs::read_dir(d.queue_dir())
-                .expect("queue dir")
-                .next()
-                .is_none(),
-            "{}: a release was queued although the API server was up",
-            d.node
-        );
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
