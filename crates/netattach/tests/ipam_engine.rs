@@ -358,6 +358,44 @@ async fn assert_no_duplicates(view: &PoolView, results: &[(Owner, IpAddr)]) {
 /// so each measures its own engine and not the other tests' load.
 static ONE_BURST_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// Releases every owner concurrently (owner i through daemon i % n) and asserts that nothing is
+/// left: no release queued (the API server is up), no allocation, no overlapping-range
+/// reservation.
+async fn release_all_and_assert_clean(
+    view: &PoolView,
+    daemons: &[NodeDaemon],
+    configs: &[IpamConfig],
+    owners: &[Owner],
+) {
+    tokio::task::block_in_place(|| {
+        burst(owners.len(), |i| {
+            release_retrying(&configs[i % configs.len()], &owners[i])
+        })
+    });
+    for d in daemons {
+        let queued = std::fs::read_dir(d.queue_dir()).expect("queue dir").count();
+        assert_eq!(
+            queued,
+            0,
+            "{}: {queued} releases were queued although the API server was up:\n{}",
+            d.node,
+            d.log()
+        );
+    }
+    let left = pool_allocations(view).await;
+    assert!(
+        left.is_empty(),
+        "{} allocations leaked after releasing everything: {:?}",
+        left.len(),
+        left.iter().take(5).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        orips(view).await,
+        Vec::<String>::new(),
+        "overlapping-range reservations leaked"
+    );
+}
+
 fn network_name(prefix: &str) -> String {
     format!("{prefix}-{}", std::process::id())
 }
@@ -450,33 +488,7 @@ async fn a_thousand_concurrent_allocations_from_ten_daemons_give_no_duplicates_a
     }
     assert_eq!(pool_allocations(&view).await.len(), 1000);
 
-    tokio::task::block_in_place(|| {
-        burst(owners.len(), |i| {
-            release_retrying(&configs[i % configs.len()], &owners[i])
-        })
-    });
-    for d in &daemons {
-        let queued = std::fs::read_dir(d.queue_dir()).expect("queue dir").count();
-        assert_eq!(
-            queued,
-            0,
-            "{}: {queued} releases were queued although the API server was up:\n{}",
-            d.node,
-            d.log()
-        );
-    }
-    let left = pool_allocations(&view).await;
-    assert!(
-        left.is_empty(),
-        "{} allocations leaked after releasing everything: {:?}",
-        left.len(),
-        left.iter().take(5).collect::<Vec<_>>()
-    );
-    assert_eq!(
-        orips(&view).await,
-        Vec::<String>::new(),
-        "overlapping-range reservations leaked"
-    );
+    release_all_and_assert_clean(&view, &daemons, &configs, &owners).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -523,23 +535,9 @@ async fn daemons_killed_mid_burst_and_restarted_give_no_duplicates_and_no_leaked
         })
     });
     assert_no_duplicates(&view, &results).await;
-
-    tokio::task::block_in_place(|| {
-        burst(owners.len(), |i| {
-            release_retrying(&configs[i % configs.len()], &owners[i])
-        })
-    });
-    assert!(
-        pool_allocations(&view).await.is_empty(),
-        "addresses leaked after releasing everything"
-    );
     // The pool is written before the reservations are claimed, and a re-ADD claims the
     // reservation of the address it finds: a daemon killed at any point leaves none behind.
-    assert_eq!(
-        orips(&view).await,
-        Vec::<String>::new(),
-        "overlapping-range reservations leaked"
-    );
+    release_all_and_assert_clean(&view, &daemons, &configs, &owners).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -593,13 +591,7 @@ async fn the_api_server_restarting_mid_burst_and_a_del_while_it_is_down() {
         })
     });
     assert_no_duplicates(&view, &results).await;
-    tokio::task::block_in_place(|| {
-        burst(owners.len(), |i| {
-            release_retrying(&configs[i % configs.len()], &owners[i])
-        })
-    });
-    assert!(pool_allocations(&view).await.is_empty(), "addresses leaked");
-    assert_eq!(orips(&view).await, Vec::<String>::new());
+    release_all_and_assert_clean(&view, &daemons, &configs, &owners).await;
 
     // A DEL while the API server is down: the daemon queues it and the DEL succeeds; the
     // address stays held (never handed out twice) until the server is back and the queue drains.
