@@ -238,16 +238,22 @@ impl IpamService {
             .collect()
     }
 
-    /// Retry the queued releases in order; stops at the first that still cannot reach the API
-    /// server. Returns how many were completed.
+    /// Retry the queued releases (all at once); those that still cannot reach the API server
+    /// stay queued. Returns how many were completed.
     pub async fn drain(&self) -> usize {
         let _one_at_a_time = self.draining.lock().await;
-        let mut done = 0;
-        for (path, entry) in self.queued() {
+        let entries = self.queued();
+        // All at once: the engine folds them into one write per pool.
+        let outcomes = futures::future::join_all(entries.iter().map(|(_, entry)| {
             let engine = self.engine(&entry.pool_namespace);
-            match engine.release(&entry.owner, &entry.pools).await {
+            async move { engine.release(&entry.owner, &entry.pools).await }
+        }))
+        .await;
+        let mut done = 0;
+        for ((path, entry), outcome) in entries.iter().zip(outcomes) {
+            match outcome {
                 Ok(released) => {
-                    if let Err(e) = std::fs::remove_file(&path) {
+                    if let Err(e) = std::fs::remove_file(path) {
                         tracing::warn!(file = %path.display(), error = %e, "removing a drained queue entry");
                     }
                     tracing::info!(owner = %entry.owner, released = released.len(), "queued release completed");
@@ -258,8 +264,7 @@ impl IpamService {
                         "a queued release fails for good; it stays queued for an operator");
                 }
                 Err(e) => {
-                    tracing::debug!(error = %e, "API server still unreachable; the queue waits");
-                    break;
+                    tracing::debug!(owner = %entry.owner, error = %e, "API server still unreachable; the release stays queued");
                 }
             }
         }
