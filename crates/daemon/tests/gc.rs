@@ -694,7 +694,8 @@ async fn a_recreated_pod_keeps_an_address_only_if_it_attached_with_it() {
         .freed_line("10.77.0.11")
         .unwrap_or_else(|| panic!("no log line for 10.77.0.11:\n{}", d.log_text()));
     assert!(line.contains("reason=\"not_attached\""), "{line}");
-    assert_eq!(d.metric(SERIES_FREED_NOT_ATTACHED), Some(1.0));
+    // The counter moves just after the write that freed the entry.
+    d.wait_metric(SERIES_FREED_NOT_ATTACHED, |v| v == 1.0, WAIT).await;
 
     // sts-2 comes up without its old address: freed as soon as the leader sees it (the deletion
     // was remembered). sts-3's network-status appears and lists its address: kept for good.
@@ -706,8 +707,9 @@ async fn a_recreated_pod_keeps_an_address_only_if_it_attached_with_it() {
     w.wait_freed(&mut d, POOL_A, &[31]).await;
     assert_eq!(offsets(&w.allocations(POOL_A).await), [10, 13]);
     assert_eq!(offsets(&w.allocations(POOL_B).await), [21]);
-    assert_eq!(d.metric(SERIES_FREED_NOT_ATTACHED), Some(2.0));
-    assert_eq!(d.metric(SERIES_FREED_GONE), Some(2.0), "the sentinels only");
+    d.wait_metric(SERIES_FREED_NOT_ATTACHED, |v| v == 2.0, WAIT).await;
+    // The sentinels only.
+    d.wait_metric(SERIES_FREED_GONE, |v| v == 2.0, WAIT).await;
     assert_eq!(d.metric(SERIES_ERRORS), Some(0.0), "{}", d.log_text());
 }
 
@@ -911,12 +913,9 @@ async fn exactly_one_daemon_leads_and_a_killed_leader_is_taken_over() {
     w.force_delete("after").await;
     w.wait_freed(&mut daemons[follower], POOL_A, &[3]).await;
     assert_eq!(w.allocations(POOL_A).await, BTreeMap::from([(4, p("stays"))]));
-    assert_eq!(
-        daemons[follower].metric(SERIES_FREED_GONE),
-        Some(1.0),
-        "{}",
-        daemons[follower].log_text()
-    );
+    daemons[follower]
+        .wait_metric(SERIES_FREED_GONE, |v| v == 1.0, WAIT)
+        .await;
 }
 
 /// The free the collector decided on removes a reservation only while it is exactly the one it
