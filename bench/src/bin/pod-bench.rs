@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use netattach_netdev::Handle;
 use serde_json::{Value, json};
@@ -29,6 +29,11 @@ use serde_json::{Value, json};
 mod common;
 
 use common::{Error, INTERRUPTED, Ns, percentile, require_file, sweep_stale};
+
+#[path = "../testenv.rs"]
+mod testenv;
+
+use testenv::{ApiRequest, Kubectl, Testenv, now_us, read_audit, repo_root};
 
 /// The Kubernetes namespace of the bench's pods and NADs.
 const NS: &str = "pod-bench";
@@ -69,13 +74,6 @@ struct Opts {
     warmup: usize,
     pods: usize,
     burst: usize,
-}
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."))
 }
 
 fn usage() -> &'static str {
@@ -148,13 +146,6 @@ fn main() -> ExitCode {
     }
 }
 
-fn now_us() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
 // ---------------------------------------------------------------------------------------------
 // Namespaces
 
@@ -167,138 +158,14 @@ fn set_up(h: &mut Handle, name: &str) -> Result<(), Error> {
 // ---------------------------------------------------------------------------------------------
 // The control plane
 
-/// A `tools/testenv` instance: borrowed from the environment or started (and stopped) here.
-struct Testenv {
-    env: BTreeMap<String, String>,
-    /// `Some(dir)` when this program started the instance.
-    owned: Option<PathBuf>,
-}
-
-fn parse_exports(text: &str) -> BTreeMap<String, String> {
-    text.lines()
-        .filter_map(|l| l.strip_prefix("export "))
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| {
-            let v = v.split(":\"$PATH\"").next().unwrap_or(v);
-            (k.to_string(), v.trim_matches('\'').to_string())
-        })
-        .collect()
-}
-
-impl Testenv {
-    fn get() -> Result<Testenv, Error> {
-        if let Ok(dir) = std::env::var("NETATTACH_TESTENV_DIR") {
-            let text = std::fs::read_to_string(Path::new(&dir).join("env"))
-                .map_err(|e| format!("NETATTACH_TESTENV_DIR={dir}: reading env: {e}"))?;
-            println!("  using the running testenv in {dir}");
-            return Ok(Testenv {
-                env: parse_exports(&text),
-                owned: None,
-            });
-        }
-        let dir = std::env::temp_dir().join(format!("pod-bench-testenv-{}", std::process::id()));
-        println!(
-            "  starting a private testenv in {} (tools/testenv up)",
-            dir.display()
-        );
-        let mut te = Testenv {
-            env: BTreeMap::new(),
-            owned: Some(dir.clone()),
-        };
-        let out = Command::new(repo_root().join("tools/testenv"))
-            .args(["up", "--dir"])
-            .arg(&dir)
-            .stderr(Stdio::inherit())
-            .output()?;
-        if !out.status.success() {
-            return Err(format!("tools/testenv up --dir {} failed", dir.display()).into());
-        }
-        te.env = parse_exports(&String::from_utf8_lossy(&out.stdout));
-        Ok(te)
-    }
-
-    fn var(&self, k: &str) -> Result<&str, Error> {
-        self.env
-            .get(k)
-            .map(String::as_str)
-            .ok_or_else(|| format!("testenv did not export {k}").into())
-    }
-
-    fn node_kubeconfig(&self, node: &str) -> Result<PathBuf, Error> {
-        self.var("NETATTACH_TESTENV_NODE_KUBECONFIGS")?
-            .split(',')
-            .filter_map(|e| e.split_once('='))
-            .find(|(n, _)| *n == node)
-            .map(|(_, p)| PathBuf::from(p))
-            .ok_or_else(|| format!("testenv has no kubeconfig for {node}").into())
-    }
-
-    fn api_port(&self) -> Result<u16, Error> {
-        let server = self.var("NETATTACH_TESTENV_SERVER")?;
-        let port = server
-            .rsplit(':')
-            .next()
-            .ok_or("NETATTACH_TESTENV_SERVER has no port")?;
-        Ok(port.trim_end_matches('/').parse()?)
-    }
-}
-
-impl Drop for Testenv {
-    fn drop(&mut self) {
-        if let Some(dir) = self.owned.take() {
-            println!("  tools/testenv down --dir {}", dir.display());
-            let _ = Command::new(repo_root().join("tools/testenv"))
-                .args(["down", "--dir"])
-                .arg(&dir)
-                .stdout(Stdio::null())
-                .status();
-        }
-    }
-}
-
-/// `kubectl` with the admin kubeconfig.
-struct Kubectl {
-    exe: PathBuf,
-    kubeconfig: PathBuf,
-}
-
-impl Kubectl {
-    fn run(&self, args: &[&str], stdin: Option<&[u8]>) -> Result<String, Error> {
-        let mut child = Command::new(&self.exe)
-            .env("KUBECONFIG", &self.kubeconfig)
-            .args(args)
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("spawn {}: {e}", self.exe.display()))?;
-        if let (Some(data), Some(mut si)) = (stdin, child.stdin.take()) {
-            si.write_all(data)?;
-        }
-        let out = child.wait_with_output()?;
-        if !out.status.success() {
-            return Err(format!(
-                "kubectl {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            )
-            .into());
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    fn apply(&self, objects: Vec<Value>) -> Result<(), Error> {
-        let list = json!({"apiVersion": "v1", "kind": "List", "items": objects});
-        self.run(
-            &["apply", "--server-side", "--force-conflicts", "-f", "-"],
-            Some(&serde_json::to_vec(&list)?),
-        )?;
-        Ok(())
-    }
+/// The apiserver's port on the host's loopback.
+fn api_port(testenv: &Testenv) -> Result<u16, Error> {
+    let server = testenv.var("NETATTACH_TESTENV_SERVER")?;
+    let port = server
+        .rsplit(':')
+        .next()
+        .ok_or("NETATTACH_TESTENV_SERVER has no port")?;
+    Ok(port.trim_end_matches('/').parse()?)
 }
 
 /// Deletes the bench's objects from a borrowed testenv.
@@ -637,74 +504,6 @@ fn mib(kib: u64) -> String {
 // ---------------------------------------------------------------------------------------------
 // The audit log
 
-/// `2026-08-20T08:15:32.123456Z` as microseconds since the epoch.
-fn parse_ts_us(s: &str) -> Option<i64> {
-    let (date, rest) = s.split_once('T')?;
-    let mut d = date.split('-').map(|x| x.parse::<i64>());
-    let (y, m, dd) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
-    let rest = rest.strip_suffix('Z')?;
-    let (hms, frac) = rest.split_once('.').unwrap_or((rest, ""));
-    let mut t = hms.split(':').map(|x| x.parse::<i64>());
-    let (h, mi, se) = (t.next()?.ok()?, t.next()?.ok()?, t.next()?.ok()?);
-    let mut micros = String::from(frac);
-    micros.truncate(6);
-    while micros.len() < 6 {
-        micros.push('0');
-    }
-    let us: i64 = micros.parse().ok()?;
-    // Days from civil (Howard Hinnant's algorithm).
-    let y2 = if m <= 2 { y - 1 } else { y };
-    let era = if y2 >= 0 { y2 } else { y2 - 399 } / 400;
-    let yoe = y2 - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + dd - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(((days * 86_400 + h * 3_600 + mi * 60 + se) * 1_000_000) + us)
-}
-
-/// One API request from the audit log.
-struct ApiRequest {
-    user: String,
-    at_us: i64,
-    /// "get pods", "update pods/status", "watch network-attachment-definitions", ...
-    what: String,
-}
-
-fn read_audit(path: &Path, users: &[&str]) -> Result<Vec<ApiRequest>, Error> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut seen = std::collections::HashSet::new();
-    let mut out = Vec::new();
-    for line in text.lines() {
-        let Ok(ev) = serde_json::from_str::<Value>(line) else {
-            continue;
-        };
-        let user = ev["user"]["username"].as_str().unwrap_or_default();
-        if !users.contains(&user) {
-            continue;
-        }
-        let id = ev["auditID"].as_str().unwrap_or_default().to_string();
-        if !seen.insert(id) {
-            continue;
-        }
-        let Some(at_us) = ev["requestReceivedTimestamp"].as_str().and_then(parse_ts_us) else {
-            continue;
-        };
-        let obj = &ev["objectRef"];
-        let mut resource = obj["resource"].as_str().unwrap_or("?").to_string();
-        if let Some(sub) = obj["subresource"].as_str() {
-            resource = format!("{resource}/{sub}");
-        }
-        let verb = ev["verb"].as_str().unwrap_or("?");
-        out.push(ApiRequest {
-            user: user.to_string(),
-            at_us,
-            what: format!("{verb} {resource}"),
-        });
-    }
-    Ok(out)
-}
-
 /// Requests by "verb resource".
 type Counts = BTreeMap<String, usize>;
 /// (system, scenario, CNI verb).
@@ -804,14 +603,14 @@ fn run() -> Result<(), Error> {
     println!("pod-bench: netattach {}", opts.netattach.display());
     println!("           multus    {} (thin)", opts.multus.display());
 
-    let testenv = Testenv::get()?;
+    let testenv = Testenv::get("pod-bench", 1)?;
     let kubectl = Kubectl {
         exe: opts.tools_bin.join("kubectl"),
         kubeconfig: PathBuf::from(testenv.var("KUBECONFIG")?),
     };
     let audit_log = PathBuf::from(testenv.var("NETATTACH_TESTENV_AUDIT_LOG")?);
     let node_kubeconfig = testenv.node_kubeconfig(NODE)?;
-    let api_port = testenv.api_port()?;
+    let api_port = api_port(&testenv)?;
     let testenv_dir = PathBuf::from(testenv.var("NETATTACH_TESTENV_DIR")?);
 
     let tmp = tempfile::Builder::new().prefix("pod-bench-").tempdir()?;
@@ -846,7 +645,7 @@ fn run() -> Result<(), Error> {
     println!("  creating node {NODE}, namespace {NS}, NADs, pods and Multus' service account");
     let _objects = ApiObjects {
         kubectl: &kubectl,
-        shared: testenv.owned.is_none(),
+        shared: testenv.is_shared(),
     };
     kubectl.apply(vec![
         json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE}}),
@@ -1338,7 +1137,7 @@ fn run() -> Result<(), Error> {
 
     // --- API requests --------------------------------------------------------------------------
     std::thread::sleep(Duration::from_secs(1));
-    let requests = read_audit(&audit_log, &[user_of(Sys::Netattach), user_of(Sys::Multus)])?;
+    let requests = read_audit(&audit_log, &[user_of(Sys::Netattach), user_of(Sys::Multus)], 0)?;
     let (inside, outside) = attribute(&ops, &requests, &user_of);
 
     // --- report ------------------------------------------------------------------------------
