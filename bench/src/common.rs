@@ -82,6 +82,25 @@ pub fn percentile(v: &[Duration], p: f64) -> Duration {
     s[idx.min(s.len() - 1)]
 }
 
+/// `netattach install --bin-dir DIR`: the binary's plugin faces in a throw-away CNI bin dir.
+pub fn install_faces(netattach: &Path, bin_dir: &Path) -> Result<(), Error> {
+    let out = std::process::Command::new(netattach)
+        .arg("install")
+        .arg("--bin-dir")
+        .arg(bin_dir)
+        .env_remove("CNI_COMMAND")
+        .output()?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "netattach install failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into())
+    }
+}
+
 pub fn require_file(p: &Path, fix: &str) -> Result<(), Error> {
     if p.is_file() {
         Ok(())

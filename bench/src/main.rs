@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 
 mod common;
 
-use common::{Error, INTERRUPTED, Ns, percentile, require_file, sweep_stale};
+use common::{Error, INTERRUPTED, Ns, install_faces, percentile, require_file, sweep_stale};
 
 const MASTER: &str = "stor0";
 const MASTER_PEER: &str = "stor0p";
@@ -266,19 +266,7 @@ fn run() -> Result<(), Error> {
 
     let tmp = tempfile::Builder::new().prefix("attach-bench-").tempdir()?;
     let bin = tmp.path().join("bin");
-    let out = Command::new(&opts.netattach)
-        .arg("install")
-        .arg("--bin-dir")
-        .arg(&bin)
-        .env_remove("CNI_COMMAND")
-        .output()?;
-    if !out.status.success() {
-        return Err(format!(
-            "netattach install failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-        .into());
-    }
+    install_faces(&opts.netattach, &bin)?;
     let store = tmp.path().join("store");
     let hl_dir = tmp.path().join("host-local");
 

@@ -41,7 +41,7 @@ mod common;
 #[path = "../testenv.rs"]
 mod testenv;
 
-use common::{Error, INTERRUPTED, Ns, percentile, require_file, sweep_stale};
+use common::{Error, INTERRUPTED, Ns, install_faces, percentile, require_file, sweep_stale};
 use testenv::{Kubectl, Testenv, now_us, read_audit, repo_root};
 
 /// The Kubernetes namespace of the pool, its reservations and whereabouts' Lease: the context
@@ -1545,19 +1545,7 @@ fn run() -> Result<(), Error> {
 
     let tmp = tempfile::Builder::new().prefix("ipam-bench-").tempdir()?;
     let bin = tmp.path().join("bin");
-    let out = Command::new(&opts.netattach)
-        .arg("install")
-        .arg("--bin-dir")
-        .arg(&bin)
-        .env_remove("CNI_COMMAND")
-        .output()?;
-    if !out.status.success() {
-        return Err(format!(
-            "netattach install failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-        .into());
-    }
+    install_faces(&opts.netattach, &bin)?;
     let kc_dir = tmp.path().join("kubeconfig");
     let daemon_dir = tmp.path().join("run");
     std::fs::create_dir_all(&kc_dir)?;

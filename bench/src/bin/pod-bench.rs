@@ -28,7 +28,7 @@ use serde_json::{Value, json};
 #[path = "../common.rs"]
 mod common;
 
-use common::{Error, INTERRUPTED, Ns, percentile, require_file, sweep_stale};
+use common::{Error, INTERRUPTED, Ns, install_faces, percentile, require_file, sweep_stale};
 
 #[path = "../testenv.rs"]
 mod testenv;
@@ -615,19 +615,7 @@ fn run() -> Result<(), Error> {
 
     let tmp = tempfile::Builder::new().prefix("pod-bench-").tempdir()?;
     let bin = tmp.path().join("bin");
-    let out = Command::new(&opts.netattach)
-        .arg("install")
-        .arg("--bin-dir")
-        .arg(&bin)
-        .env_remove("CNI_COMMAND")
-        .output()?;
-    if !out.status.success() {
-        return Err(format!(
-            "netattach install failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-        .into());
-    }
+    install_faces(&opts.netattach, &bin)?;
     let store = tmp.path().join("store");
     let conf_dir = tmp.path().join("net.d");
     std::fs::create_dir_all(&conf_dir)?;
