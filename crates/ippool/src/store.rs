@@ -617,15 +617,31 @@ impl KubeIpam {
                 ApiFailure::Conflict => match self.orips().get_opt(&name).await {
                     Ok(Some(existing)) => {
                         let s = &existing.spec;
-                        return Ok(
-                            if owner.is_attachment_of(&s.containerid, &s.podref, &s.ifname)
-                                || (s.ifname.is_empty() && owner.podref.as_deref() == Some(s.podref.as_str()))
-                            {
-                                OripClaim::Mine(false)
-                            } else {
-                                OripClaim::Taken(existing.spec)
+                        let mine = owner.is_attachment_of(&s.containerid, &s.podref, &s.ifname)
+                            || (s.ifname.is_empty() && owner.podref.as_deref() == Some(s.podref.as_str()));
+                        if !mine {
+                            return Ok(OripClaim::Taken(existing.spec));
+                        }
+                        if s.containerid == owner.container_id && s.ifname == owner.ifname {
+                            return Ok(OripClaim::Mine(false));
+                        }
+                        // Adopted by a new container of the same pod (a re-ADD): say so in the
+                        // object (resourceVersion-checked), as a fresh claim would have: a
+                        // delete that read the old holder then fails its precondition.
+                        let mut adopted = existing.clone();
+                        adopted.spec = obj.spec.clone();
+                        match self
+                            .orips()
+                            .replace(&name, &PostParams::default(), &adopted)
+                            .await
+                        {
+                            Ok(_) => return Ok(OripClaim::Mine(false)),
+                            Err(e) => match classify(e, &what, &self.namespace) {
+                                ApiFailure::Fatal(e) => return Err(e),
+                                // Changed or deleted meanwhile: look again.
+                                ApiFailure::Conflict | ApiFailure::Transient(_) => {}
                             },
-                        );
+                        }
                     }
                     // Deleted in between: create again.
                     Ok(None) => {}
@@ -669,6 +685,9 @@ impl KubeIpam {
             }
         };
         let s = &existing.spec;
+        // The same pod and interface. (Not also the same container: a pod re-added by a peer
+        // that does not adopt reservations — upstream whereabouts — leaves the old container's
+        // id in it, and its DEL must still free it.)
         let ours = (!podref.is_empty() && s.podref == podref && (s.ifname.is_empty() || s.ifname == ifname))
             || (podref.is_empty() && !id.is_empty() && s.containerid == id && s.ifname == ifname);
         if !ours {

@@ -197,6 +197,24 @@ async fn add_is_idempotent_per_podref_and_ifname() {
         let o = orips.get(&orip_name(a.ip, None)).await.expect("orip");
         assert_eq!(o.spec.podref, "ns/sts-0");
         assert_eq!(o.spec.ifname, "net1");
+        // Adopted by the new sandbox: the reservation names it, as a fresh claim would.
+        assert_eq!(o.spec.containerid, "c2");
+    }
+    // The old sandbox's DEL: nothing is freed, the reservations stay.
+    assert!(
+        ipam.release(&owner("ns/sts-0", "net1", "c1"))
+            .await
+            .expect("old sandbox's release")
+            .is_empty()
+    );
+    for a in &second {
+        assert!(
+            orips
+                .get_opt(&orip_name(a.ip, None))
+                .await
+                .expect("get")
+                .is_some()
+        );
     }
     let freed = ipam
         .release(&owner("ns/sts-0", "net1", "c2"))
