@@ -193,7 +193,7 @@ impl IpamService {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
-        let name = format!("{:020}-{:08x}.json", now.as_nanos(), fastrand_u32());
+        let name = format!("{:020}-{:08x}.json", now.as_nanos(), fastrand::u32(..));
         let path = self.queue_dir.join(&name);
         let tmp = self.queue_dir.join(format!(".{name}.tmp"));
         let bytes = serde_json::to_vec(entry).map_err(std::io::Error::other)?;
@@ -285,43 +285,46 @@ impl IpamService {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        let series: [(&str, &str, &str); 6] = [
-            ("batches_total", "counter", "Pool writes (batches) of the engine."),
+        type Value = fn(&BatchingIpam) -> u64;
+        let series: [(&str, &str, &str, Value); 6] = [
+            (
+                "batches_total",
+                "counter",
+                "Pool writes (batches) of the engine.",
+                |e| e.batch_stats().batches.load(Ordering::Relaxed),
+            ),
             (
                 "batched_requests_total",
                 "counter",
                 "Requests answered through batches.",
+                |e| e.batch_stats().requests.load(Ordering::Relaxed),
             ),
             (
                 "largest_batch",
                 "gauge",
                 "The most requests folded into one batch.",
+                |e| e.batch_stats().largest.load(Ordering::Relaxed),
             ),
-            ("pool_writes_total", "counter", "Successful IPPool writes."),
+            ("pool_writes_total", "counter", "Successful IPPool writes.", |e| {
+                e.ipam().stats().writes
+            }),
             (
                 "pool_conflicts_total",
                 "counter",
                 "IPPool writes refused with 409 (retried).",
+                |e| e.ipam().stats().conflicts,
             ),
             (
                 "api_transient_errors_total",
                 "counter",
                 "Transient API failures (retried).",
+                |e| e.ipam().stats().transient,
             ),
         ];
-        for (name, kind, help) in series {
+        for (name, kind, help, value) in series {
             let _ = writeln!(out, "# HELP {p}_{name} {help}\n# TYPE {p}_{name} {kind}");
             for (ns, e) in &engines {
-                let b = e.batch_stats();
-                let s = e.ipam().stats();
-                let v = match name {
-                    "batches_total" => b.batches.load(Ordering::Relaxed),
-                    "batched_requests_total" => b.requests.load(Ordering::Relaxed),
-                    "largest_batch" => b.largest.load(Ordering::Relaxed),
-                    "pool_writes_total" => s.writes,
-                    "pool_conflicts_total" => s.conflicts,
-                    _ => s.transient,
-                };
+                let v = value(e);
                 let _ = writeln!(out, "{p}_{name}{{namespace=\"{ns}\"}} {v}");
             }
         }
@@ -338,17 +341,6 @@ impl IpamService {
         );
         out
     }
-}
-
-/// A random suffix for queue file names (two releases in the same nanosecond).
-fn fastrand_u32() -> u32 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u32(std::process::id());
-    // Truncation is intended: any 32 bits of the hash will do.
-    #[allow(clippy::cast_possible_truncation)]
-    let v = h.finish() as u32;
-    v
 }
 
 /// Periodically drain the queue (first right away).
