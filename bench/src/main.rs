@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 use netattach_netdev::Handle;
 use serde_json::{Value, json};
 
+// Shared with the other benches; not every helper is used here.
+#[allow(dead_code)]
 mod common;
 
 use common::{Error, INTERRUPTED, Ns, install_faces, percentile, require_file, sweep_stale};

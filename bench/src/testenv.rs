@@ -104,6 +104,14 @@ impl Testenv {
             .ok_or_else(|| format!("testenv did not export {k}").into())
     }
 
+    /// The pid of a running control-plane component (`etcd`, `kube-apiserver`, ...), from the
+    /// instance's `run/<component>.pid`.
+    pub fn component_pid(&self, component: &str) -> Option<u32> {
+        let dir = self.var("NETATTACH_TESTENV_DIR").ok()?;
+        let path = Path::new(dir).join("run").join(format!("{component}.pid"));
+        std::fs::read_to_string(path).ok()?.trim().parse().ok()
+    }
+
     /// The kubeconfig of `node`'s identity (`netattach:node:<node>`).
     pub fn node_kubeconfig(&self, node: &str) -> Result<PathBuf, Error> {
         self.var("NETATTACH_TESTENV_NODE_KUBECONFIGS")?

@@ -41,7 +41,10 @@ mod common;
 #[path = "../testenv.rs"]
 mod testenv;
 
-use common::{Error, INTERRUPTED, Ns, install_faces, percentile, require_file, sweep_stale};
+use common::{
+    Error, INTERRUPTED, Ns, install_faces, percentile, process_cpu, reaped_children_cpu, require_file,
+    sweep_stale,
+};
 use testenv::{Kubectl, Testenv, now_us, read_audit, repo_root};
 
 /// The Kubernetes namespace of the pool, its reservations and whereabouts' Lease: the context
@@ -608,6 +611,8 @@ fn namespaced_kubeconfig(src: &Path, dst: &Path) -> Result<(), Error> {
 
 struct Daemons {
     procs: Vec<(Child, PathBuf)>,
+    /// Each daemon's metrics address.
+    metrics: Vec<String>,
 }
 
 fn free_loopback_port() -> Result<u16, Error> {
@@ -628,7 +633,10 @@ impl Daemons {
     /// Starts `netattach daemon` for every node (socket, ready file and log in `dir`) and
     /// waits until each is ready.
     fn start(netattach: &Path, dir: &Path, nodes: &[(String, PathBuf)]) -> Result<Daemons, Error> {
-        let mut d = Daemons { procs: Vec::new() };
+        let mut d = Daemons {
+            procs: Vec::new(),
+            metrics: Vec::new(),
+        };
         let t0 = Instant::now();
         for (node, kubeconfig) in nodes {
             let ready = dir.join(format!("{node}.ready"));
@@ -637,6 +645,7 @@ impl Daemons {
             let _ = std::fs::remove_file(&socket);
             let log_path = dir.join(format!("{node}.log"));
             let log = File::create(&log_path)?;
+            let metrics = format!("127.0.0.1:{}", free_loopback_port()?);
             let child = Command::new(netattach)
                 .arg("daemon")
                 .args(["--node", node, "--kubeconfig"])
@@ -646,7 +655,7 @@ impl Daemons {
                 .arg("--ready-file")
                 .arg(&ready)
                 .arg("--metrics-addr")
-                .arg(format!("127.0.0.1:{}", free_loopback_port()?))
+                .arg(&metrics)
                 .args(["--ipam-namespace", NS, "--ipam-queue-dir"])
                 .arg(dir.join(format!("{node}.queue")))
                 .env_remove("CNI_COMMAND")
@@ -657,6 +666,7 @@ impl Daemons {
                 .spawn()
                 .map_err(|e| format!("spawn {} daemon: {e}", netattach.display()))?;
             d.procs.push((child, log_path));
+            d.metrics.push(metrics);
         }
         for ((node, _), (child, log)) in nodes.iter().zip(d.procs.iter_mut()) {
             let ready = dir.join(format!("{node}.ready"));
@@ -674,6 +684,89 @@ impl Daemons {
             }
         }
         Ok(d)
+    }
+}
+
+impl Daemons {
+    /// CPU time the daemons used so far.
+    fn cpu(&self) -> Duration {
+        self.procs.iter().filter_map(|(c, _)| process_cpu(c.id())).sum()
+    }
+
+    /// The IPAM engine counters of every daemon's /metrics, summed over the daemons (the
+    /// `largest_batch` gauge: the largest); unreachable daemons are left out.
+    fn engine_counters(&self) -> BTreeMap<String, u64> {
+        let mut sum: BTreeMap<String, u64> = BTreeMap::new();
+        for addr in &self.metrics {
+            let Ok(body) = http_get(addr, "/metrics") else {
+                continue;
+            };
+            for line in body.lines().filter(|l| l.starts_with("netattach_ipam_")) {
+                let (Some(name), Some(value)) = (
+                    line.split(['{', ' ']).next(),
+                    line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()),
+                ) else {
+                    continue;
+                };
+                let name = name.trim_start_matches("netattach_ipam_").to_string();
+                // Counters are whole numbers; the float parse only accepts "1e3"-style output.
+                let value = value as u64;
+                let slot = sum.entry(name.clone()).or_default();
+                *slot = if name == "largest_batch" {
+                    (*slot).max(value)
+                } else {
+                    *slot + value
+                };
+            }
+        }
+        sum
+    }
+}
+
+/// A plain HTTP/1.0 GET on loopback; the body.
+fn http_get(addr: &str, path: &str) -> Result<String, Error> {
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    Ok(text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default())
+}
+
+/// CPU time of the control plane, the daemons and the plugin processes, for a phase.
+struct CpuSample {
+    apiserver: Option<Duration>,
+    etcd: Option<Duration>,
+    daemons: Duration,
+    plugins: Duration,
+}
+
+impl CpuSample {
+    fn take(env: &Env, daemons: Option<&Daemons>) -> CpuSample {
+        CpuSample {
+            apiserver: env.apiserver_pid.and_then(process_cpu),
+            etcd: env.etcd_pid.and_then(process_cpu),
+            daemons: daemons.map(Daemons::cpu).unwrap_or_default(),
+            plugins: reaped_children_cpu(),
+        }
+    }
+
+    /// "kube-apiserver 3.1 s, etcd 0.4 s, ..." for the time since `before`.
+    fn since(&self, before: &CpuSample) -> String {
+        let d = |a: Option<Duration>, b: Option<Duration>| match (a, b) {
+            (Some(a), Some(b)) => format!("{:.1} s", a.saturating_sub(b).as_secs_f64()),
+            _ => "?".into(),
+        };
+        format!(
+            "kube-apiserver {}, etcd {}, node daemons {:.1} s, plugin processes {:.1} s",
+            d(self.apiserver, before.apiserver),
+            d(self.etcd, before.etcd),
+            self.daemons.saturating_sub(before.daemons).as_secs_f64(),
+            self.plugins.saturating_sub(before.plugins).as_secs_f64()
+        )
     }
 }
 
@@ -1003,6 +1096,8 @@ struct Env<'a> {
     plugins: BTreeMap<Sys, Plugin>,
     /// Why the daemon mode cannot run with this netattach binary (`None`: it can).
     daemon_unsupported: Option<String>,
+    apiserver_pid: Option<u32>,
+    etcd_pid: Option<u32>,
 }
 
 /// Deletes the run's pods.
@@ -1128,8 +1223,38 @@ fn run_system(env: &Env, sys: Sys, n: usize) -> Result<SysRun, Error> {
         n.div_ceil(env.nodes.len()),
         env.opts.per_node_parallel
     );
+    let cpu_before = CpuSample::take(env, _daemons.as_ref());
+    let engine_before = _daemons.as_ref().map(Daemons::engine_counters);
     let add = burst(&ctx, plugin, label, "ADD", &pods);
     check_interrupted()?;
+    let cpu = CpuSample::take(env, _daemons.as_ref()).since(&cpu_before);
+    println!("    CPU during the ADDs: {cpu}");
+    run.notes.push(format!("CPU during the ADD burst: {cpu}"));
+    if let (Some(d), Some(before)) = (_daemons.as_ref(), engine_before) {
+        let after = d.engine_counters();
+        let delta = |k: &str| {
+            after
+                .get(k)
+                .copied()
+                .unwrap_or(0)
+                .saturating_sub(before.get(k).copied().unwrap_or(0))
+        };
+        let engine = format!(
+            "{} batches of {} requests (largest {}), {} pool writes, {} conflicts (409), {} pool reads, {} rebases \
+             on the watch's copy, {} transient errors",
+            delta("batches_total"),
+            delta("batched_requests_total"),
+            after.get("largest_batch").copied().unwrap_or(0),
+            delta("pool_writes_total"),
+            delta("pool_conflicts_total"),
+            delta("pool_reads_total"),
+            delta("pool_rebases_total"),
+            delta("api_transient_errors_total"),
+        );
+        println!("    IPAM engines during the ADDs: {engine}");
+        run.notes
+            .push(format!("IPAM engines during the ADD burst: {engine}"));
+    }
     let lat = add.latencies();
     println!(
         "    ADD: {}/{n} ok in {:.2} s ({:.1}/s), p50 {}, p99 {}, {} failed",
@@ -1621,6 +1746,8 @@ fn run() -> Result<(), Error> {
         nodes,
         plugins,
         daemon_unsupported,
+        apiserver_pid: testenv.component_pid("kube-apiserver"),
+        etcd_pid: testenv.component_pid("etcd"),
     };
 
     let mut all: Vec<Vec<SysRun>> = Vec::new();

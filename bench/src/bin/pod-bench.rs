@@ -25,11 +25,15 @@ use std::time::{Duration, Instant};
 use netattach_netdev::Handle;
 use serde_json::{Value, json};
 
+// Shared with the other benches; not every helper is used here.
+#[allow(dead_code)]
 #[path = "../common.rs"]
 mod common;
 
 use common::{Error, INTERRUPTED, Ns, install_faces, percentile, require_file, sweep_stale};
 
+// Shared with the other benches; not every helper is used here.
+#[allow(dead_code)]
 #[path = "../testenv.rs"]
 mod testenv;
 

@@ -135,7 +135,11 @@ impl IpamService {
         engines
             .entry(namespace.to_string())
             .or_insert_with(|| {
-                BatchingIpam::new(KubeIpam::new(self.client.clone(), namespace).with_retry(ENGINE_RETRY))
+                BatchingIpam::new(
+                    KubeIpam::new(self.client.clone(), namespace)
+                        .with_retry(ENGINE_RETRY)
+                        .with_pool_view(self.pools.clone()),
+                )
             })
             .clone()
     }
@@ -286,7 +290,7 @@ impl IpamService {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         type Value = fn(&BatchingIpam) -> u64;
-        let series: [(&str, &str, &str, Value); 6] = [
+        let series: [(&str, &str, &str, Value); 8] = [
             (
                 "batches_total",
                 "counter",
@@ -313,6 +317,18 @@ impl IpamService {
                 "counter",
                 "IPPool writes refused with 409 (retried).",
                 |e| e.ipam().stats().conflicts,
+            ),
+            (
+                "pool_reads_total",
+                "counter",
+                "IPPool reads (GET) from the API server.",
+                |e| e.ipam().stats().reads,
+            ),
+            (
+                "pool_rebases_total",
+                "counter",
+                "Batches redone on a newer IPPool from the watch instead of a losing write or a read.",
+                |e| e.ipam().stats().rebases,
             ),
             (
                 "api_transient_errors_total",

@@ -4,16 +4,19 @@
 //! Each pool has a worker task and a queue. The worker takes everything queued (up to
 //! [`MAX_BATCH`]), runs the requests in arrival order on one in-memory copy of the pool with the
 //! pure allocator (releases and allocations mixed, so an attachment released and re-added in one
-//! batch ends up as it would one by one), claims the overlapping-range reservations of the new
-//! addresses concurrently, and writes the pool once with the resourceVersion it read. A 409
-//! re-reads the pool (quorum) and redoes the whole batch; the answers go out only after the write
-//! succeeded, so no caller ever sees an address that is not stored. While a batch is in flight the
-//! next one fills up: under load, one write carries many allocations, and ten nodes hammering one
-//! pool make ten writers instead of a thousand.
+//! batch ends up as it would one by one), writes the pool once (a replace carrying the
+//! resourceVersion it computed on), then claims the overlapping-range reservations of the new
+//! addresses concurrently; the answers go out only after both, so no caller ever sees an address
+//! that is not stored. While a batch is in flight the next one fills up: under load, one write
+//! carries many allocations, and ten nodes hammering one pool make ten writers instead of a
+//! thousand.
 //!
 //! The worker keeps the object its last write returned and starts the next batch from it: no
-//! read at all while this node is the only writer. A stale copy costs one refused write, never a
-//! wrong one.
+//! read at all while this node is the only writer. With the daemon's IPPool watch
+//! ([`KubeIpam::with_pool_view`]) it also learns of other nodes' writes without reading: a batch
+//! computed on a version the watch shows outdated is redone on the newer one before it is sent,
+//! and after a lost write (409) the winner's version comes from the watch (a quorum read only
+//! when it does not arrive in time). A stale copy costs one refused write, never a wrong one.
 //!
 //! A failure of one request (its pool is exhausted, its static address is held) fails that
 //! request only. A failure of the pool write (API down past the retry budget, permission) fails
@@ -47,6 +50,10 @@ pub const ORIP_CONCURRENCY: usize = 16;
 /// Extra time a batch gets per request in it, on top of the store's retry budget (each claims
 /// or deletes an overlapping-range reservation).
 const PER_REQUEST: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// After a lost write, how long to wait for the winner's version to arrive through the watch
+/// before reading it (quorum) instead.
+const WATCH_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// The engine's counters (cumulative).
 #[derive(Debug, Default)]
@@ -525,9 +532,13 @@ async fn settle(
             );
         }
         let started = tokio::time::Instant::now();
+        // The first read may come from the watch or the API server's cache; after a conflict,
+        // quorum.
+        if base.is_none() && attempt == 0 && !fresh {
+            base = ipam.watched(name);
+        }
         let current = match base.take() {
             Some(p) => Some(p),
-            // The first read may come from the API server's cache; after a conflict, quorum.
             None => {
                 let cached_read = attempt == 0 && !fresh;
                 match ipam.get_pool(name, cached_read, deadline).await {
@@ -573,18 +584,38 @@ async fn settle(
             compute(name, doc, requests, &blocked, &failed, &mut held_before);
         let dirty = computed_dirty || evicted;
 
+        let current_rv = current.as_ref().and_then(|p| p.metadata.resource_version.clone());
+        if dirty && let Some(newer) = ipam.watched_newer(name, current_rv.as_deref()) {
+            // Another node wrote since: this write would only lose. Redo on its version.
+            Stats::bump(&ipam.stats.rebases);
+            base = Some(newer);
+            fresh = false;
+            held_before.iter_mut().for_each(|h| *h = None);
+            continue;
+        }
         let written = if dirty {
             match ipam.write_pool(name, current.as_ref(), &doc, attempt).await {
                 Ok(w) => Some(w),
                 Err(e) => {
+                    let lost = matches!(&e, kube::Error::Api(s) if s.code == 409);
                     if let Err(e) = ipam
                         .retry_after_write_failure(e, &what, attempt, started, deadline, &mut conflicts)
                         .await
                     {
                         break (BatchResult::Whole(e), None);
                     }
-                    // Read afresh (quorum) and redo the whole batch on what is there now.
-                    base = None;
+                    // Redo the whole batch on what is there now: the winner's version from
+                    // the watch when it comes in time, else read afresh (quorum).
+                    base = if lost {
+                        let until = (tokio::time::Instant::now() + WATCH_WAIT).min(deadline);
+                        ipam.wait_watched_newer(name, current_rv.as_deref(), until).await
+                    } else {
+                        None
+                    };
+                    if base.is_some() {
+                        Stats::bump(&ipam.stats.rebases);
+                    }
+                    fresh = false;
                     held_before.iter_mut().for_each(|h| *h = None);
                     attempt += 1;
                     continue;

@@ -1,6 +1,7 @@
 //! The batching engine ([`BatchingIpam`]) against a real kube-apiserver: requests that queue
 //! up while a pool write is in flight go out together in the next single write; a request that
-//! cannot be served fails alone; releases and allocations mix in one batch.
+//! cannot be served fails alone; releases and allocations mix in one batch; another node's write
+//! that the watch delivered is built on without a read or a lost write.
 //!
 //! The first write of each test is held in the store's write hook until the test has queued
 //! the rest (the engine's `submitted` counter says when), so the batch composition does not
@@ -169,4 +170,87 @@ async fn one_failing_request_fails_alone_and_releases_mix_with_allocations() {
         ]
     );
     assert_eq!(engine.ipam().stats().writes, 2, "one write per batch");
+}
+
+/// With the daemon's IPPool watch, a node learns of another node's write without reading or
+/// losing: the batch it computed on its own last write is redone on the watch's newer copy
+/// before it is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_nodes_write_seen_by_the_watch_is_built_on_without_a_read_or_a_conflict() {
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, reflector, watcher};
+
+    let cluster = netattach_testenv::cluster().await;
+    let ns = cluster.namespace("batch-watch").await;
+    let cidr = "198.18.98.0/24";
+    let network = "watched";
+    let pool_name = format!("{network}-198.18.98.0-24");
+    let client = cluster.node_client("node-3");
+    let (view, writer) = reflector::store();
+    let watch = reflector::reflector(
+        writer,
+        watcher(
+            Api::<IPPool>::namespaced(client.clone(), ns.name()),
+            watcher::Config::default(),
+        )
+        .default_backoff(),
+    );
+    let watching = tokio::spawn(async move {
+        let mut watch = std::pin::pin!(watch);
+        while watch.next().await.is_some() {}
+    });
+    let engine = BatchingIpam::new(KubeIpam::new(client, ns.name()).with_pool_view(view.clone()));
+    let other_node = BatchingIpam::new(KubeIpam::new(cluster.node_client("node-4"), ns.name()));
+    let rv_in_view = || {
+        view.get(&reflector::ObjectRef::new(&pool_name).within(ns.name()))
+            .and_then(|p| p.metadata.resource_version.clone())
+    };
+
+    // This node creates the pool; its worker keeps the version it wrote.
+    let first = engine
+        .allocate(&request("w0", cidr, network))
+        .await
+        .expect("first");
+    // Another node writes next; wait until the watch has its version.
+    let second = other_node
+        .allocate(&request("w1", cidr, network))
+        .await
+        .expect("second");
+    let written = Api::<IPPool>::namespaced(cluster.admin_client(), ns.name())
+        .get(&pool_name)
+        .await
+        .expect("pool");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while rv_in_view() != written.metadata.resource_version {
+        assert!(
+            Instant::now() < deadline,
+            "the watch never saw the other node's write"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let before = engine.ipam().stats();
+    let third = engine
+        .allocate(&request("w2", cidr, network))
+        .await
+        .expect("third");
+    let after = engine.ipam().stats();
+    assert_eq!(after.rebases - before.rebases, 1, "{before:?} -> {after:?}");
+    assert_eq!(
+        after.conflicts, before.conflicts,
+        "no write was sent to lose: {after:?}"
+    );
+    assert_eq!(
+        after.reads, before.reads,
+        "the newer copy came from the watch: {after:?}"
+    );
+    assert_eq!(after.writes - before.writes, 1, "{after:?}");
+    let ips: BTreeSet<IpAddr> = [&first, &second, &third].iter().map(|a| a[0].ip).collect();
+    assert_eq!(ips.len(), 3, "three distinct addresses: {ips:?}");
+    let pool = Api::<IPPool>::namespaced(cluster.admin_client(), ns.name())
+        .get(&pool_name)
+        .await
+        .expect("pool");
+    assert_eq!(pool.spec.allocations.len(), 3, "both nodes' allocations are kept");
+    watching.abort();
 }
