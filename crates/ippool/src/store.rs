@@ -153,7 +153,27 @@ pub(crate) enum ApiFailure {
 pub(crate) fn classify(err: kube::Error, what: &str, namespace: &str) -> ApiFailure {
     match &err {
         kube::Error::Api(s) if s.code == 409 => ApiFailure::Conflict,
-        kube::Error::Api(s) if s.code == 403 || s.code == 401 => ApiFailure::Fatal(IpamError::NotAvailable {
+        kube::Error::Api(s) if s.code == 401 => ApiFailure::Fatal(IpamError::NotAvailable {
+            what: format!(
+                "{what} (namespace `{namespace}`): the API server does not accept the kubeconfig's credentials: {}",
+                s.message
+            ),
+            fix: "the token or certificate in `kubernetes.kubeconfig` has expired or was revoked: write a \
+                  kubeconfig with valid credentials there (with the node daemon running, ADD and DEL go \
+                  through it and do not use this kubeconfig)"
+                .into(),
+        }),
+        // The NamespaceLifecycle admission refuses creations in a namespace being deleted with a
+        // 403 too: no role can fix that.
+        kube::Error::Api(s) if s.code == 403 && s.message.contains("being terminated") => {
+            ApiFailure::Fatal(IpamError::NotAvailable {
+                what: format!("{what}: the IPAM namespace `{namespace}` is being deleted: {}", s.message),
+                fix: "wait until it is gone and create it again, or keep the IPAM objects in another namespace (the \
+                      kubeconfig context's namespace; the daemon's --ipam-namespace)"
+                    .into(),
+            })
+        }
+        kube::Error::Api(s) if s.code == 403 => ApiFailure::Fatal(IpamError::NotAvailable {
             what: format!("{what} (namespace `{namespace}`): the API server refused it: {}", s.message),
             fix: "give the kubeconfig's identity get/list/create/update on whereabouts.cni.cncf.io ippools and \
                   get/create/delete on overlappingrangeipreservations in that namespace (the netattach-node or \
@@ -1019,5 +1039,65 @@ impl Store for KubeStore {
 
     fn check(&self, owner: &Owner) -> Result<Vec<Allocation>, IpamError> {
         self.rt.block_on(self.ipam.check(owner))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(code: u16, reason: &str, message: &str) -> kube::Error {
+        kube::Error::Api(
+            kube::core::Status::failure(message, reason)
+                .with_code(code)
+                .boxed(),
+        )
+    }
+
+    fn fatal_fix(e: kube::Error) -> (String, String) {
+        match classify(e, "writing IPPool `ns/p`", "ns") {
+            ApiFailure::Fatal(IpamError::NotAvailable { what, fix }) => (what, fix),
+            _ => panic!("not a fatal NotAvailable"),
+        }
+    }
+
+    #[test]
+    fn refusals_name_their_cause_and_the_fix_that_helps() {
+        let (what, fix) = fatal_fix(api(401, "Unauthorized", "Unauthorized"));
+        assert!(what.contains("credentials"), "{what}");
+        assert!(fix.contains("expired"), "{fix}");
+
+        let (what, fix) = fatal_fix(api(
+            403,
+            "Forbidden",
+            "overlappingrangeipreservations.whereabouts.cni.cncf.io \"198.18.16.1\" is forbidden: unable to \
+             create new content in namespace ns because it is being terminated",
+        ));
+        assert!(what.contains("namespace `ns` is being deleted"), "{what}");
+        assert!(!fix.contains("ClusterRole"), "{fix}");
+
+        let (what, fix) = fatal_fix(api(
+            403,
+            "Forbidden",
+            "ippools.whereabouts.cni.cncf.io is forbidden: User \"x\" cannot update resource",
+        ));
+        assert!(what.contains("refused"), "{what}");
+        assert!(fix.contains("ClusterRole"), "{fix}");
+    }
+
+    #[test]
+    fn conflicts_and_server_errors_are_retried() {
+        assert!(matches!(
+            classify(api(409, "Conflict", "changed"), "w", "ns"),
+            ApiFailure::Conflict
+        ));
+        assert!(matches!(
+            classify(api(503, "ServiceUnavailable", "down"), "w", "ns"),
+            ApiFailure::Transient(_)
+        ));
+        assert!(matches!(
+            classify(api(429, "TooManyRequests", "slow down"), "w", "ns"),
+            ApiFailure::Transient(_)
+        ));
     }
 }
