@@ -129,7 +129,8 @@ pub enum IpamError {
     /// No free address left.
     #[error(
         "pool `{pool}` ({range}) is exhausted: {capacity} allocatable addresses, {held} held; fix: widen the \
-         range, or release leaked allocations with `netattach ipam ls`"
+         range, or find leaked allocations with `netattach ipam show {pool}` and free them with `netattach ipam \
+         release {pool} IP`"
     )]
     Exhausted {
         /// Pool name.

@@ -142,7 +142,8 @@ fn exhaustion_message() {
     assert_eq!(
         e.to_string(),
         "pool `192.168.4.0-24` (192.168.4.0/24) is exhausted: 253 allocatable addresses, 253 held; fix: widen \
-         the range, or release leaked allocations with `netattach ipam ls`"
+         the range, or find leaked allocations with `netattach ipam show 192.168.4.0-24` and free them with \
+         `netattach ipam release 192.168.4.0-24 IP`"
     );
 }
 
