@@ -574,10 +574,9 @@ impl KubeIpam {
         Ok(out)
     }
 
-    /// Write a pool: a JSON merge patch of the allocations that changed, carrying the
-    /// resourceVersion that was read (the API server refuses it with 409 Conflict when the pool
-    /// changed since: the same optimistic check as a `replace`, at a fraction of the cost for
-    /// large pools, which are not re-sent and re-validated whole). `create` when it was absent.
+    /// Write a pool: a replace carrying the resourceVersion `base` was read at (the API server
+    /// refuses it with 409 Conflict when the pool changed since; see [`replacement`] for why not
+    /// a patch). `create` when it was absent.
     pub(crate) async fn write_pool(
         &self,
         name: &str,
