@@ -227,12 +227,13 @@ fn is_transient(e: &kube::Error) -> bool {
 /// resourceVersion is current. `None` when `base` has no resourceVersion (the write would be
 /// unconditional).
 ///
-/// A replace rather than a patch: the API server checks the resourceVersion before any work on
-/// the object, so a lost race costs it little, and a won one skips applying a patch to the whole
-/// pool (for a pool of a thousand allocations, a merge patch's read-modify-encode was a quarter of
-/// the API server's CPU under contention). Nothing is lost by sending the whole object: the CRD's
-/// structural schema prunes every field IPPoolSpec does not have. `managedFields` is left out:
-/// the API server keeps the stored ones when a request carries none.
+/// A replace rather than a patch: the API server compares the resourceVersion right after
+/// decoding the request, before validating it or tracking its fields, so a lost race costs it
+/// little, and a won one skips applying a patch to the whole pool (for a pool of a thousand
+/// allocations, a merge patch's read-modify-encode was a quarter of the API server's CPU under
+/// contention). Nothing is lost by sending the whole object: the CRD's structural schema prunes
+/// every field IPPoolSpec does not have. `managedFields` is left out: the API server keeps the
+/// stored ones when a request carries none.
 pub fn replacement(base: &IPPool, spec: IPPoolSpec) -> Option<IPPool> {
     base.metadata
         .resource_version
