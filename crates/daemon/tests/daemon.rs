@@ -14,11 +14,10 @@ use std::io::{Read as _, Write as _};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{Node, Pod, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleRef, Subject};
 use kube::api::{DeleteParams, ObjectMeta, PostParams};
 use kube::{Api, Client};
@@ -27,9 +26,11 @@ use netattach_cluster::annotation::{
 };
 use netattach_cluster::daemon_api::{NadKey, Request, Response, read_message, write_message};
 use netattach_cluster::status::{NetworkStatus, to_annotation};
-use netattach_daemon::DaemonArgs;
 use netattach_daemon::nad::{NetworkAttachmentDefinition, NetworkAttachmentDefinitionSpec};
 use serde_json::json;
+
+mod support;
+use support::{DaemonProcess, ensure_nodes, free_port};
 
 /// Set (to a JSON array of flags) when this binary is the daemon child.
 const CHILD_ENV: &str = "NETATTACH_DAEMON_TEST_CHILD";
@@ -41,49 +42,29 @@ const WAIT: Duration = Duration::from_secs(30);
 #[test]
 #[ignore = "helper: the daemon process the other tests start (runs only with NETATTACH_DAEMON_TEST_CHILD)"]
 fn daemon_child_process() {
-    let Ok(flags) = std::env::var(CHILD_ENV) else {
-        return;
-    };
-    #[derive(clap::Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: DaemonArgs,
-    }
-    let flags: Vec<String> = match serde_json::from_str(&flags) {
-        Ok(f) => f,
-        Err(e) => {
-            eprintln!("{CHILD_ENV}: {e}");
-            std::process::exit(2);
-        }
-    };
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("info,netattach_daemon=debug"))
-        .with_writer(std::io::stderr)
-        .try_init();
-    let cli = <Cli as clap::Parser>::parse_from(std::iter::once("netattach-daemon".to_string()).chain(flags));
-    match netattach_daemon::run(cli.args) {
-        Ok(()) => std::process::exit(0),
-        Err(e) => {
-            eprintln!("netattach daemon: {e}");
-            std::process::exit(1);
-        }
-    }
+    support::daemon_child_main(CHILD_ENV);
 }
 
 /// A daemon process and its files.
 struct Daemon {
-    child: Option<Child>,
+    process: DaemonProcess,
     dir: tempfile::TempDir,
     socket: PathBuf,
     ready: PathBuf,
     metrics_addr: String,
-    log: PathBuf,
-    flags: Vec<String>,
 }
 
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local addr").port()
+impl std::ops::Deref for Daemon {
+    type Target = DaemonProcess;
+    fn deref(&self) -> &DaemonProcess {
+        &self.process
+    }
+}
+
+impl std::ops::DerefMut for Daemon {
+    fn deref_mut(&mut self) -> &mut DaemonProcess {
+        &mut self.process
+    }
 }
 
 impl Daemon {
@@ -106,49 +87,13 @@ impl Daemon {
             metrics_addr.clone(),
         ];
         flags.extend(extra.iter().map(|s| s.to_string()));
-        let mut d = Daemon {
-            child: None,
-            log: dir.path().join("daemon.log"),
+        Daemon {
+            process: DaemonProcess::spawn(CHILD_ENV, flags, &dir.path().join("daemon.log"), WAIT),
             dir,
             socket,
             ready,
             metrics_addr,
-            flags,
-        };
-        d.spawn();
-        d
-    }
-
-    fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("log file");
-        let child = Command::new(std::env::current_exe().expect("current exe"))
-            .args([
-                "daemon_child_process",
-                "--exact",
-                "--ignored",
-                "--nocapture",
-                "-q",
-            ])
-            .env(CHILD_ENV, serde_json::to_string(&self.flags).expect("flags"))
-            .env_remove("NODE_NAME")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawning the daemon");
-        self.child = Some(child);
-    }
-
-    fn pid(&self) -> i32 {
-        i32::try_from(self.child.as_ref().expect("running").id()).expect("pid")
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        }
     }
 
     /// Waits for the readiness file of this process (a killed predecessor leaves a stale one,
@@ -157,7 +102,7 @@ impl Daemon {
         let deadline = Instant::now() + WAIT;
         let mine = format!("pid={}\n", self.pid());
         while !std::fs::read_to_string(&self.ready).is_ok_and(|t| t.contains(&mine)) {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self.exited() {
                 panic!(
                     "the daemon exited with {status} before it was ready:\n{}",
                     self.log_text()
@@ -177,34 +122,6 @@ impl Daemon {
             .unwrap_or_else(|e| panic!("connect {}: {e}", self.socket.display()));
         write_message(&mut s, request).expect("write request");
         read_message(&mut s).expect("read response")
-    }
-
-    fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on our own child's pid.
-        let rc = unsafe { libc::kill(self.pid(), sig) };
-        assert_eq!(rc, 0, "kill({}, {sig})", self.pid());
-    }
-
-    /// Waits for the process to exit (at most `WAIT`).
-    fn wait_exit(&mut self) -> ExitStatus {
-        let child = self.child.as_mut().expect("running");
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(status) = child.try_wait().expect("try_wait") {
-                self.child = None;
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the daemon did not exit within {WAIT:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn kill(&mut self) {
-        self.signal(libc::SIGKILL);
-        let _ = self.wait_exit();
     }
 
     fn http_get(&self, path: &str) -> String {
@@ -239,10 +156,6 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
         if std::thread::panicking() {
             eprintln!(
                 "---- daemon log ({}) ----\n{}",
@@ -258,26 +171,6 @@ fn node_kubeconfig(cluster: &netattach_testenv::Cluster, node: &str) -> PathBuf 
         .dir()
         .join("kubeconfig")
         .join(format!("{node}.kubeconfig"))
-}
-
-/// Node objects for the simulated nodes, so that the pod garbage collector does not delete
-/// pods bound to them as orphans (there is no kubelet: they stay Pending).
-async fn ensure_nodes(admin: &Client) {
-    let api: Api<Node> = Api::all(admin.clone());
-    for name in [NODE, OTHER_NODE] {
-        let node = Node {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        match api.create(&PostParams::default(), &node).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 409 => {}
-            Err(e) => panic!("creating node {name}: {e}"),
-        }
-    }
 }
 
 async fn create_pod(admin: &Client, ns: &str, name: &str, node: &str, annotations: &[(&str, &str)]) -> Pod {
@@ -377,7 +270,7 @@ async fn status_annotation(admin: &Client, ns: &str, name: &str) -> Option<Strin
 async fn resolve_answers_from_the_caches_with_pod_nads_and_missing() {
     let cluster = netattach_testenv::cluster().await;
     let admin = cluster.admin_client();
-    ensure_nodes(&admin).await;
+    ensure_nodes(&admin, &[NODE, OTHER_NODE]).await;
     let ns = cluster.namespace("daemon-resolve").await;
     let ns = ns.name().to_string();
     let other = cluster.namespace("daemon-resolve-other").await;
@@ -560,7 +453,7 @@ async fn resolve_answers_from_the_caches_with_pod_nads_and_missing() {
 async fn publish_status_writes_the_annotation_with_the_node_identity() {
     let cluster = netattach_testenv::cluster().await;
     let admin = cluster.admin_client();
-    ensure_nodes(&admin).await;
+    ensure_nodes(&admin, &[NODE, OTHER_NODE]).await;
     let ns = cluster.namespace("daemon-publish").await;
     let ns = ns.name().to_string();
     let pod = create_pod(&admin, &ns, "im-1", NODE, &[]).await;
@@ -639,7 +532,7 @@ async fn publish_status_writes_the_annotation_with_the_node_identity() {
 async fn a_restarted_daemon_resyncs_and_serves_what_changed_while_it_was_down() {
     let cluster = netattach_testenv::cluster().await;
     let admin = cluster.admin_client();
-    ensure_nodes(&admin).await;
+    ensure_nodes(&admin, &[NODE, OTHER_NODE]).await;
     let ns = cluster.namespace("daemon-restart").await;
     let ns = ns.name().to_string();
     create_nad(&admin, &ns, "a", &macvlan_config("a")).await;
@@ -653,7 +546,7 @@ async fn a_restarted_daemon_resyncs_and_serves_what_changed_while_it_was_down() 
     );
 
     // Killed mid-stream: the socket and the ready file are left behind, stale.
-    d.kill();
+    let _ = d.kill();
     assert!(d.socket.exists() && d.ready.exists());
     create_nad(&admin, &ns, "b", &macvlan_config("b")).await;
     let after = create_pod(&admin, &ns, "after", NODE, &[(NETWORKS_ANNOTATION, "a,b")]).await;
@@ -662,7 +555,7 @@ async fn a_restarted_daemon_resyncs_and_serves_what_changed_while_it_was_down() 
         .await
         .expect("delete pod");
 
-    d.spawn();
+    d.respawn();
     d.wait_ready().await;
     let r = resolve_pod(&d, &ns, "after", Some(&uid(&after)), vec![]).await;
     let Response::Resolved { nads, missing, .. } = r else {
@@ -834,7 +727,7 @@ async fn token_works(
 async fn a_rotated_and_revoked_token_is_followed_without_restart() {
     let cluster = netattach_testenv::cluster().await;
     let admin = cluster.admin_client();
-    ensure_nodes(&admin).await;
+    ensure_nodes(&admin, &[NODE, OTHER_NODE]).await;
     let ns = cluster.namespace("daemon-token").await;
     let ns = ns.name().to_string();
     let sa = NodeServiceAccount::create(&admin, &ns).await;
@@ -920,7 +813,7 @@ async fn a_rotated_and_revoked_token_is_followed_without_restart() {
 async fn not_ready_until_synced_and_a_fixed_token_file_heals_without_restart() {
     let cluster = netattach_testenv::cluster().await;
     let admin = cluster.admin_client();
-    ensure_nodes(&admin).await;
+    ensure_nodes(&admin, &[NODE, OTHER_NODE]).await;
     let ns = cluster.namespace("daemon-unsynced").await;
     let ns = ns.name().to_string();
     let sa = NodeServiceAccount::create(&admin, &ns).await;
@@ -971,7 +864,7 @@ async fn not_ready_until_synced_and_a_fixed_token_file_heals_without_restart() {
 async fn memory_stays_small_idle_and_under_a_burst_of_200_requests() {
     let cluster = netattach_testenv::cluster().await;
     let admin = cluster.admin_client();
-    ensure_nodes(&admin).await;
+    ensure_nodes(&admin, &[NODE, OTHER_NODE]).await;
     let ns = cluster.namespace("daemon-rss").await;
     let ns = ns.name().to_string();
     create_nad(&admin, &ns, "storage", &macvlan_config("storage")).await;

@@ -18,21 +18,21 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read as _, Write as _};
-use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use netattach_cluster::annotation::NETWORK_STATUS_ANNOTATION;
-use netattach_daemon::DaemonArgs;
 use netattach_daemon::gc::{LEASE_NAME, READY_TO_START_CONDITION};
 use netattach_ippool::{
     IPAllocation, IPPool, IPPoolSpec, OverlappingRangeIPReservation, OverlappingRangeIPReservationSpec,
 };
 use serde_json::json;
+
+mod support;
+use support::{DaemonProcess, ensure_nodes, free_port};
 
 /// Set (to a JSON array of flags) when this binary is the daemon child.
 const CHILD_ENV: &str = "NETATTACH_GC_TEST_CHILD";
@@ -52,48 +52,28 @@ const POOL_STORAGE: &str = "storage-10.78.0.0-24";
 #[test]
 #[ignore = "helper: the daemon process the other tests start (runs only with NETATTACH_GC_TEST_CHILD)"]
 fn daemon_child_process() {
-    let Ok(flags) = std::env::var(CHILD_ENV) else {
-        return;
-    };
-    #[derive(clap::Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: DaemonArgs,
-    }
-    let flags: Vec<String> = match serde_json::from_str(&flags) {
-        Ok(f) => f,
-        Err(e) => {
-            eprintln!("{CHILD_ENV}: {e}");
-            std::process::exit(2);
-        }
-    };
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("info,netattach_daemon=debug"))
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .try_init();
-    let cli = <Cli as clap::Parser>::parse_from(std::iter::once("netattach-daemon".to_string()).chain(flags));
-    match netattach_daemon::run(cli.args) {
-        Ok(()) => std::process::exit(0),
-        Err(e) => {
-            eprintln!("netattach daemon: {e}");
-            std::process::exit(1);
-        }
-    }
+    support::daemon_child_main(CHILD_ENV);
 }
 
 /// A daemon process and its files.
 struct Daemon {
     node: String,
-    child: Option<Child>,
+    process: DaemonProcess,
     dir: tempfile::TempDir,
     metrics_addr: String,
-    log: PathBuf,
 }
 
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local addr").port()
+impl std::ops::Deref for Daemon {
+    type Target = DaemonProcess;
+    fn deref(&self) -> &DaemonProcess {
+        &self.process
+    }
+}
+
+impl std::ops::DerefMut for Daemon {
+    fn deref_mut(&mut self) -> &mut DaemonProcess {
+        &mut self.process
+    }
 }
 
 impl Daemon {
@@ -119,65 +99,16 @@ impl Daemon {
             "--ipam-namespace".into(),
             ipam_namespace.into(),
         ];
-        let log = dir.path().join("daemon.log");
-        let log_file = std::fs::File::create(&log).expect("log file");
-        let child = Command::new(std::env::current_exe().expect("current exe"))
-            .args([
-                "daemon_child_process",
-                "--exact",
-                "--ignored",
-                "--nocapture",
-                "-q",
-            ])
-            .env(CHILD_ENV, serde_json::to_string(&flags).expect("flags"))
-            .env_remove("NODE_NAME")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log_file)
-            .spawn()
-            .expect("spawning the daemon");
         Daemon {
             node: node.into(),
-            child: Some(child),
+            process: DaemonProcess::spawn(CHILD_ENV, flags, &dir.path().join("daemon.log"), WAIT),
             dir,
             metrics_addr,
-            log,
-        }
-    }
-
-    fn pid(&self) -> i32 {
-        i32::try_from(self.child.as_ref().expect("running").id()).expect("pid")
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on the pid of our own child process, which has not been reaped (it is
-        // still in `self.child`), so the pid cannot have been reused.
-        let rc = unsafe { libc::kill(self.pid(), sig) };
-        assert_eq!(rc, 0, "kill({}, {sig})", self.pid());
-    }
-
-    fn wait_exit(&mut self) -> ExitStatus {
-        let child = self.child.as_mut().expect("running");
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(status) = child.try_wait().expect("try_wait") {
-                self.child = None;
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the daemon did not exit within {WAIT:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
     fn assert_running(&mut self) {
-        if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+        if let Some(status) = self.exited() {
             panic!(
                 "the daemon of {} exited with {status}:\n{}",
                 self.node,
@@ -240,10 +171,6 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
         if std::thread::panicking() {
             eprintln!(
                 "---- daemon log of {} ({}) ----\n{}",
@@ -260,26 +187,6 @@ const SERIES_RECONCILES: &str = "netattach_daemon_gc_runs_total{trigger=\"reconc
 const SERIES_FREED_GONE: &str = "netattach_daemon_gc_freed_total{reason=\"pod_gone\"}";
 const SERIES_FREED_NOT_ATTACHED: &str = "netattach_daemon_gc_freed_total{reason=\"not_attached\"}";
 const SERIES_ERRORS: &str = "netattach_daemon_gc_errors_total";
-
-/// Node objects for the simulated nodes, so that the pod garbage collector of
-/// kube-controller-manager does not delete pods bound to them as orphans.
-async fn ensure_nodes(admin: &Client) {
-    let api: Api<Node> = Api::all(admin.clone());
-    for name in [NODE_1, NODE_2, DEAD_NODE] {
-        let node = Node {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        match api.create(&PostParams::default(), &node).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 409 => {}
-            Err(e) => panic!("creating node {name}: {e}"),
-        }
-    }
-}
 
 /// The network-status annotation Multus (or our daemon) writes for a pod whose storage
 /// interface got `ips`.
@@ -503,7 +410,7 @@ async fn wait_leading_and_reconciled(d: &mut Daemon) {
 async fn deleted_pods_lose_exactly_their_addresses_also_on_a_dead_node() {
     let cluster = netattach_testenv::cluster().await;
     let admin = cluster.admin_client();
-    ensure_nodes(&admin).await;
+    ensure_nodes(&admin, &[NODE_1, NODE_2, DEAD_NODE]).await;
     let ns = cluster.namespace("gc-deleted").await;
     let w = World {
         admin,
@@ -623,7 +530,7 @@ async fn deleted_pods_lose_exactly_their_addresses_also_on_a_dead_node() {
 async fn a_recreated_pod_keeps_an_address_only_if_it_attached_with_it() {
     let cluster = netattach_testenv::cluster().await;
     let admin = cluster.admin_client();
-    ensure_nodes(&admin).await;
+    ensure_nodes(&admin, &[NODE_1, NODE_2, DEAD_NODE]).await;
     let ns = cluster.namespace("gc-recreated").await;
     let w = World {
         admin,
@@ -717,7 +624,7 @@ async fn a_recreated_pod_keeps_an_address_only_if_it_attached_with_it() {
 async fn the_startup_reconcile_frees_what_was_deleted_while_no_daemon_ran() {
     let cluster = netattach_testenv::cluster().await;
     let admin = cluster.admin_client();
-    ensure_nodes(&admin).await;
+    ensure_nodes(&admin, &[NODE_1, NODE_2, DEAD_NODE]).await;
     let ns = cluster.namespace("gc-startup").await;
     let w = World {
         admin,
@@ -791,7 +698,7 @@ async fn the_startup_reconcile_frees_what_was_deleted_while_no_daemon_ran() {
 async fn exactly_one_daemon_leads_and_a_killed_leader_is_taken_over() {
     let cluster = netattach_testenv::cluster().await;
     let admin = cluster.admin_client();
-    ensure_nodes(&admin).await;
+    ensure_nodes(&admin, &[NODE_1, NODE_2, DEAD_NODE]).await;
     let ns = cluster.namespace("gc-election").await;
     let w = World {
         admin,
@@ -878,8 +785,7 @@ async fn exactly_one_daemon_leads_and_a_killed_leader_is_taken_over() {
 
     // The leader dies without a word: the other takes over once the Lease expired, and the
     // collection goes on.
-    daemons[leader].signal(libc::SIGKILL);
-    let status_of_killed = daemons[leader].wait_exit();
+    let status_of_killed = daemons[leader].kill();
     assert!(!status_of_killed.success());
     let last_renewal = w
         .lease()
@@ -990,7 +896,7 @@ fn the_ipam_namespace_defaults_to_kube_system() {
     #[derive(clap::Parser)]
     struct Cli {
         #[command(flatten)]
-        args: DaemonArgs,
+        args: netattach_daemon::DaemonArgs,
     }
     let cli = <Cli as clap::Parser>::parse_from(["netattach-daemon", "--node", "n"]);
     assert_eq!(cli.args.ipam_namespace, "kube-system");
