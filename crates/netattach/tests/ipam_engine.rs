@@ -16,8 +16,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
@@ -32,6 +31,9 @@ use netattach_ippool::{IPPool, OverlappingRangeIPReservation};
 use netattach_plugins::whereabouts;
 use serde_json::json;
 
+mod support;
+use support::daemon::NodeDaemon;
+
 /// The pool of these tests (2046 usable addresses).
 const RANGE: &str = "198.18.64.0/21";
 /// Its IPPool name without the network prefix.
@@ -41,131 +43,11 @@ const RETRY_FOR: Duration = Duration::from_secs(180);
 /// How long a daemon may take to start.
 const WAIT: Duration = Duration::from_secs(60);
 
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local addr").port()
-}
-
-/// One node's `netattach daemon` (the real binary, the node's restricted identity).
-struct NodeDaemon {
-    node: String,
-    kubeconfig: PathBuf,
-    dir: tempfile::TempDir,
-    metrics_port: u16,
-    child: Option<Child>,
-}
-
-impl NodeDaemon {
-    fn start(node: &str, kubeconfig: &Path) -> NodeDaemon {
-        let mut d = NodeDaemon {
-            node: node.to_string(),
-            kubeconfig: kubeconfig.to_path_buf(),
-            dir: tempfile::Builder::new()
-                .prefix("netattach-ipam-daemon-")
-                .tempdir()
-                .expect("daemon dir"),
-            metrics_port: free_port(),
-            child: None,
-        };
-        d.spawn();
-        d
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.path().join("run").join("daemon.sock")
-    }
-
-    fn queue_dir(&self) -> PathBuf {
-        self.dir.path().join("queue")
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
-    }
-
-    fn spawn(&mut self) {
-        assert!(
-            self.child.is_none(),
-            "{}: the daemon is already running",
-            self.node
-        );
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("daemon.log"))
-            .expect("daemon log");
-        let child = Command::new(env!("CARGO_BIN_EXE_netattach"))
-            .arg("daemon")
-            .arg("--node")
-            .arg(&self.node)
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .arg("--socket")
-            .arg(self.socket())
-            .arg("--ready-file")
-            .arg(self.dir.path().join("ready"))
-            .arg("--metrics-addr")
-            .arg(format!("127.0.0.1:{}", self.metrics_port))
-            .arg("--ipam-queue-dir")
-            .arg(self.queue_dir())
-            .env_remove("CNI_COMMAND")
-            .env_remove("NODE_NAME")
-            .env("NETATTACH_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn netattach daemon");
-        self.child = Some(child);
-        // The IPAM engine serves as soon as the socket is bound (it needs no cache).
-        let deadline = Instant::now() + WAIT;
-        while std::os::unix::net::UnixStream::connect(self.socket()).is_err() {
-            if let Some(st) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!("{}: the daemon exited with {st}:\n{}", self.node, self.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{}: no socket within {WAIT:?}:\n{}",
-                self.node,
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// The sum of the series of metric `name` on `/metrics` whose labels contain `labels`
-    /// (0 when there are none).
-    fn metric_with(&self, name: &str, labels: &str) -> u64 {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.metrics_port)).expect("metrics port");
-        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
-            .expect("request metrics");
-        let mut body = String::new();
-        s.read_to_string(&mut body).expect("read metrics");
-        body.lines()
-            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']) && l.contains(labels))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .sum()
-    }
-
-    /// The sum of every series of metric `name`.
-    fn metric(&self, name: &str) -> u64 {
-        self.metric_with(name, "")
-    }
-
-    /// SIGKILL (a crash: the socket file stays behind) and reap.
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for NodeDaemon {
-    fn drop(&mut self) {
-        self.kill();
-    }
+/// The daemon of `node`, serving: its socket accepts (the IPAM engine needs no cache).
+fn serving(node: &str, kubeconfig: &Path) -> NodeDaemon {
+    let mut d = NodeDaemon::start(node, kubeconfig, WAIT);
+    d.wait_socket();
+    d
 }
 
 /// The IPAM configuration a NAD on `daemon`'s node would carry.
@@ -178,7 +60,7 @@ fn config(network: &str, daemon: &NodeDaemon) -> IpamConfig {
             "type": "whereabouts",
             "range": RANGE,
             "network_name": network,
-            "kubernetes": {"kubeconfig": daemon.kubeconfig},
+            "kubernetes": {"kubeconfig": daemon.kubeconfig()},
             "daemon_socket": daemon.socket(),
         }
     });
@@ -381,7 +263,7 @@ async fn release_all_and_assert_clean(
             assert!(
                 Instant::now() < deadline,
                 "{}: the release queue was not drained:\n{}",
-                d.node,
+                d.node(),
                 d.log()
             );
             tokio::time::sleep(Duration::from_millis(250)).await;
@@ -417,7 +299,7 @@ fn daemons_of(cluster: &netattach_testenv::Cluster, n: usize) -> Vec<NodeDaemon>
     nodes[..n]
         .iter()
         .map(|node| {
-            NodeDaemon::start(
+            serving(
                 node,
                 &cluster
                     .dir()
@@ -470,7 +352,7 @@ async fn a_thousand_concurrent_allocations_from_ten_daemons_give_no_duplicates_a
             assert!(
                 Instant::now() < deadline,
                 "{}: the pool gauges do not show 1000 used",
-                d.node
+                d.node()
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -528,6 +410,7 @@ async fn daemons_killed_mid_burst_and_restarted_give_no_duplicates_and_no_leaked
                     kills += 1;
                     std::thread::sleep(Duration::from_millis(100));
                     daemons[which].spawn();
+                    daemons[which].wait_socket();
                 }
                 kills
             });
@@ -555,7 +438,7 @@ async fn the_api_server_restarting_mid_burst_and_a_del_while_it_is_down() {
     let daemons: Vec<NodeDaemon> = (1..=10)
         .map(|i| {
             let node = format!("node-{i}");
-            NodeDaemon::start(&node, &env.node_kubeconfig(&node))
+            serving(&node, &env.node_kubeconfig(&node))
         })
         .collect();
     let configs: Vec<IpamConfig> = daemons.iter().map(|d| config(&network, d)).collect();

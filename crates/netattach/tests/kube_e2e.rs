@@ -46,18 +46,18 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Event, Namespace, Pod};
 use kube::api::{ListParams, PostParams};
 use kube::{Api, Client};
-use netattach_cluster::daemon_api::{Request, Response, read_message, write_message};
+use netattach_cluster::daemon_api::{Request, Response};
 use netattach_daemon::nad::{NetworkAttachmentDefinition, NetworkAttachmentDefinitionSpec};
 use serde_json::{Value, json};
+use support::daemon::NodeDaemon;
 use support::{Attachment, Ns, Runner, Topology, assert_safe_address};
 
 /// The simulated node (its identity exists in every `tools/testenv` instance).
@@ -142,111 +142,23 @@ fn bin_dir() -> &'static Path {
     })
 }
 
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local addr").port()
+/// The node's daemon, with what these tests ask of it.
+struct Daemon(NodeDaemon);
+
+impl std::ops::Deref for Daemon {
+    type Target = NodeDaemon;
+    fn deref(&self) -> &NodeDaemon {
+        &self.0
+    }
 }
 
-/// A `netattach daemon` process (the real binary) with its socket in a private 0700 dir.
-struct Daemon {
-    child: Option<Child>,
-    dir: tempfile::TempDir,
-    kubeconfig: PathBuf,
+impl std::ops::DerefMut for Daemon {
+    fn deref_mut(&mut self) -> &mut NodeDaemon {
+        &mut self.0
+    }
 }
 
 impl Daemon {
-    fn start(kubeconfig: &Path) -> Daemon {
-        let mut d = Daemon {
-            child: None,
-            dir: tempfile::Builder::new()
-                .prefix("netattach-e2e-daemon-")
-                .tempdir()
-                .expect("daemon dir"),
-            kubeconfig: kubeconfig.to_path_buf(),
-        };
-        d.spawn();
-        d
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.path().join("run").join("daemon.sock")
-    }
-
-    fn ready_file(&self) -> PathBuf {
-        self.dir.path().join("ready")
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
-    }
-
-    fn spawn(&mut self) {
-        assert!(self.child.is_none(), "the daemon is already running");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("daemon.log"))
-            .expect("daemon log");
-        let child = Command::new(env!("CARGO_BIN_EXE_netattach"))
-            .arg("daemon")
-            .arg("--node")
-            .arg(NODE)
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .arg("--socket")
-            .arg(self.socket())
-            .arg("--ready-file")
-            .arg(self.ready_file())
-            .arg("--metrics-addr")
-            .arg(format!("127.0.0.1:{}", free_port()))
-            .env_remove("CNI_COMMAND")
-            .env_remove("NODE_NAME")
-            .env("NETATTACH_LOG", "info,netattach_daemon=debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn netattach daemon");
-        self.child = Some(child);
-    }
-
-    fn pid(&self) -> i32 {
-        i32::try_from(self.child.as_ref().expect("daemon running").id()).expect("pid")
-    }
-
-    /// Waits until this process wrote its readiness file.
-    fn wait_ready(&mut self) {
-        let mine = format!("pid={}\n", self.pid());
-        let deadline = Instant::now() + WAIT;
-        while !std::fs::read_to_string(self.ready_file()).is_ok_and(|t| t.contains(&mine)) {
-            if let Some(st) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!("the daemon exited with {st}:\n{}", self.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "daemon not ready within {WAIT:?}:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// SIGKILL (a crash: the socket file stays behind) and reap.
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// One request, as the shim sends it.
-    fn send(&self, req: &Request) -> Response {
-        let mut s = UnixStream::connect(self.socket())
-            .unwrap_or_else(|e| panic!("connect {}: {e}", self.socket().display()));
-        write_message(&mut s, req).expect("write request");
-        read_message(&mut s).expect("read response")
-    }
-
     /// Waits until the daemon's caches hold pod `ns/name` with `uid` and every NAD it
     /// references (or, with `expect_missing`, until the pod is there at all).
     fn wait_pod(&self, ns: &str, name: &str, uid: &str, expect_missing: bool) {
@@ -274,26 +186,6 @@ impl Daemon {
                 "pod {ns}/{name} (uid {uid}) not in the daemon's caches within {WAIT:?}: {last:?}"
             );
             std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            // SAFETY: kill(2) on our own child's pid.
-            unsafe {
-                libc::kill(i32::try_from(c.id()).unwrap_or(0), libc::SIGTERM);
-            }
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if c.try_wait().ok().flatten().is_some() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
         }
     }
 }
@@ -349,7 +241,7 @@ impl World {
     /// A node with its daemon running against `kubeconfig` (a node identity), ready.
     fn new(admin: Client, kubeconfig: &Path) -> World {
         let topo = Topology::new();
-        let mut daemon = Daemon::start(kubeconfig);
+        let mut daemon = Daemon(NodeDaemon::start(NODE, kubeconfig, WAIT));
         let world = World {
             topo,
             conf_dir: tmp("netattach-e2e-conf-"),

@@ -36,6 +36,8 @@
 
 #![allow(dead_code)]
 
+pub mod daemon;
+
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
