@@ -184,7 +184,16 @@ impl Drop for ApiObjects<'_> {
             // No kubelet confirms the deletion of a pod bound to a node: without a forced
             // delete the namespace would stay Terminating and the next run could not start.
             let _ = self.kubectl.run(
-                &["delete", "pods", "--all", "-n", NS, "--grace-period=0", "--force", "--wait=false"],
+                &[
+                    "delete",
+                    "pods",
+                    "--all",
+                    "-n",
+                    NS,
+                    "--grace-period=0",
+                    "--force",
+                    "--wait=false",
+                ],
                 None,
             );
             let _ = self.kubectl.run(
