@@ -113,17 +113,16 @@ const MULTUS_ONLY_KEYS: &[(&str, &str)] = &[
     ("cniConf", "the key is `confDir`"),
 ];
 
-/// Log level of the shim.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Log level of the shim (`logLevel`); without the key the shim logs warnings and errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogLevel {
-    /// Only panics (Multus' default).
+    /// Multus' default, "only panics": errors here (a panic is printed anyway).
     Panic,
     /// Errors.
     Error,
     /// Warnings.
     Warn,
-    /// Informational (our default).
-    #[default]
+    /// Informational.
     Info,
     /// Multus' `verbose`: treated as debug.
     Verbose,
@@ -131,6 +130,20 @@ pub enum LogLevel {
     Debug,
     /// Everything.
     Trace,
+}
+
+impl LogLevel {
+    /// The `tracing` filter this level stands for.
+    pub fn filter(self) -> tracing::level_filters::LevelFilter {
+        use tracing::level_filters::LevelFilter;
+        match self {
+            LogLevel::Panic | LogLevel::Error => LevelFilter::ERROR,
+            LogLevel::Warn => LevelFilter::WARN,
+            LogLevel::Info => LevelFilter::INFO,
+            LogLevel::Verbose | LogLevel::Debug => LevelFilter::DEBUG,
+            LogLevel::Trace => LevelFilter::TRACE,
+        }
+    }
 }
 
 impl FromStr for LogLevel {
@@ -178,8 +191,8 @@ pub struct MetaConfig {
     pub conf_dir: PathBuf,
     /// `readinessindicatorfile`.
     pub readiness_indicator_file: Option<PathBuf>,
-    /// `logLevel`.
-    pub log_level: LogLevel,
+    /// `logLevel`, when given.
+    pub log_level: Option<LogLevel>,
     /// `logFile`.
     pub log_file: Option<PathBuf>,
     /// `daemonSocket`.
@@ -216,7 +229,7 @@ impl Default for MetaConfig {
             cni_dir: DEFAULT_CNI_DIR.into(),
             conf_dir: DEFAULT_CONF_DIR.into(),
             readiness_indicator_file: None,
-            log_level: LogLevel::default(),
+            log_level: None,
             log_file: None,
             daemon_socket: DEFAULT_DAEMON_SOCKET.into(),
             daemon_timeout: DEFAULT_DAEMON_TIMEOUT,
@@ -417,14 +430,14 @@ impl MetaConfig {
                 }
                 "logLevel" => {
                     let s = string(k, v)?;
-                    c.log_level = s.parse().map_err(|()| {
+                    c.log_level = Some(s.parse().map_err(|()| {
                         err(
                             k,
                             Some(v),
                             "is not a log level",
                             "use one of panic, error, warn, info, verbose, debug, trace",
                         )
-                    })?;
+                    })?);
                 }
                 "logFile" => {
                     let s = string(k, v)?;
@@ -565,7 +578,7 @@ mod tests {
         .expect("ok");
         assert_eq!(c.global_namespaces, vec!["default", "kube-system"]);
         assert!(c.namespace_isolation);
-        assert_eq!(c.log_level, LogLevel::Verbose);
+        assert_eq!(c.log_level, Some(LogLevel::Verbose));
         assert_eq!(c.conf_dir, PathBuf::from(K3S_CONF_DIR));
         assert!(c.runtime_config.contains_key("portMappings"));
         assert_eq!(

@@ -1,8 +1,10 @@
 //! The runtime side: find a plugin by type on a path list, execute it with environment and
-//! stdin under a timeout, and parse its result or error. Used by macvlan to call its IPAM and
-//! by anything that drives plugins the way a container runtime does.
+//! stdin under a timeout (or, when the binary is this program, run its face in-process), and
+//! parse its result or error. Used by macvlan to call its IPAM and by anything that drives
+//! plugins the way a container runtime does.
 
 use std::io::{ErrorKind, Read, Write};
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -12,6 +14,7 @@ use std::time::{Duration, Instant};
 use crate::env::{Command, Invocation, join_path};
 use crate::error::{CniError, code};
 use crate::result::CniResult;
+use crate::skel::{Plugin, dispatch};
 
 /// How long a delegated plugin may take before it is killed (whereabouts allows 2 min for ADD;
 /// a healthy local call takes milliseconds).
@@ -95,7 +98,13 @@ pub fn exec_plugin(
             timeout.as_secs()
         )));
     }
-    if status.success() {
+    answer(&name, status.success(), stdout, &format!("exited with {status}"))
+}
+
+/// A plugin's answer as the caller gets it: stdout on success; on failure the CNI error it
+/// printed, else code 104 naming how it ended.
+fn answer(name: &str, success: bool, stdout: Vec<u8>, ending: &str) -> Result<Vec<u8>, CniError> {
+    if success {
         return Ok(stdout);
     }
     if let Ok(err) = serde_json::from_slice::<CniError>(&stdout) {
@@ -105,10 +114,77 @@ pub fn exec_plugin(
         code::DELEGATE_FAILED,
         "delegated plugin failed",
         format!(
-            "{name} exited with {status} and printed no CNI error (stdout: {:?}); see its stderr",
+            "{name} {ending} and printed no CNI error (stdout: {:?}); see its stderr",
             String::from_utf8_lossy(&stdout).trim()
         ),
     ))
+}
+
+/// Whether `path` is the executable this process runs from (same device and inode): the
+/// usual install links one netattach binary under every plugin name.
+pub fn is_this_binary(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(path), std::fs::metadata("/proc/self/exe")) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+/// Runs `plugin` — the face the binary at `exe` would run, which is this very program — in
+/// this process instead of executing `exe`: the same environment (`env` over this process's
+/// own, as a child inherits it), the same stdin, the same [`dispatch`] a child's `main` runs,
+/// and its stdout and exit status read as [`exec_plugin`] reads a child's. It saves a process
+/// start (2–3 ms on a small VM) per plugin.
+///
+/// The call runs on a thread of its own so the deadline still holds: at `timeout` the caller
+/// gets code 11 as from a killed child, and the abandoned thread ends with the process (which
+/// is about to report the failure and exit). A panic is reported as a crashed plugin.
+pub fn run_in_process(
+    plugin: Box<dyn Plugin + Send>,
+    exe: &Path,
+    env: &[(String, String)],
+    stdin: &[u8],
+    timeout: Duration,
+) -> Result<Vec<u8>, CniError> {
+    let name = exe.display().to_string();
+    let env = env.to_vec();
+    let stdin = stdin.to_vec();
+    let (answer_tx, answer_rx) = mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name("in-process-plugin".into())
+        .spawn(move || {
+            let get_env = |key: &str| {
+                env.iter()
+                    .rev()
+                    .find(|(k, _)| k == key)
+                    .map(|(_, v)| v.clone())
+                    .or_else(|| std::env::var(key).ok())
+            };
+            let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                dispatch(plugin.as_ref(), get_env, &mut &stdin[..])
+            }));
+            let _ = answer_tx.send(outcome.ok());
+        });
+    if let Err(e) = spawned {
+        return Err(CniError::io(format!("starting a thread for plugin {name}: {e}")));
+    }
+    match answer_rx.recv_timeout(timeout) {
+        Ok(Some(outcome)) => answer(
+            &name,
+            outcome.exit_code == 0,
+            outcome.stdout,
+            &format!("(run in-process) ended with exit code {}", outcome.exit_code),
+        ),
+        Ok(None) | Err(RecvTimeoutError::Disconnected) => Err(CniError::new(
+            code::DELEGATE_FAILED,
+            "delegated plugin failed",
+            format!("{name} (run in-process) panicked; see the stderr for the panic message"),
+        )),
+        Err(RecvTimeoutError::Timeout) => Err(CniError::try_again(format!(
+            "plugin {name} (run in-process) did not finish within {}s; fix: check what it waits for (its log), then retry",
+            timeout.as_secs()
+        ))),
+    }
 }
 
 /// Reaps the plugin once its stdout has closed. It normally exits right then; one that closed
@@ -277,5 +353,129 @@ mod tests {
         let err = exec_plugin(&p, &[], b"{}", Duration::from_millis(200)).expect_err("timeout");
         assert_eq!(err.code, code::TRY_AGAIN_LATER);
         assert!(started.elapsed() < Duration::from_secs(20));
+    }
+
+    /// A face for the in-process tests: ADD answers with the container id and ifname it was
+    /// given (as an address-less interface), DEL fails with code 7, CHECK panics, STATUS hangs.
+    struct Face;
+
+    impl Plugin for Face {
+        fn about(&self) -> String {
+            "test face".into()
+        }
+        fn add(&self, req: &crate::skel::Request) -> Result<CniResult, CniError> {
+            Ok(CniResult {
+                interfaces: vec![crate::result::Interface {
+                    name: format!("{}-{}", req.inv.container_id, req.inv.ifname),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })
+        }
+        fn del(&self, _: &crate::skel::Request) -> Result<(), CniError> {
+            Err(CniError::new(7, "bad", "field x"))
+        }
+        fn check(&self, _: &crate::skel::Request) -> Result<(), CniError> {
+            panic!("check is broken")
+        }
+        fn status(&self, _: &crate::skel::Request) -> Result<(), CniError> {
+            std::thread::sleep(Duration::from_secs(30));
+            Ok(())
+        }
+        fn gc(&self, _: &crate::skel::Request) -> Result<(), CniError> {
+            Ok(())
+        }
+    }
+
+    fn face_env(command: &str) -> Vec<(String, String)> {
+        [
+            ("CNI_COMMAND", command),
+            ("CNI_CONTAINERID", "c1"),
+            ("CNI_IFNAME", "net1"),
+            ("CNI_NETNS", "/var/run/netns/test"),
+            ("CNI_PATH", "/nonexistent"),
+        ]
+        .iter()
+        .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+        .collect()
+    }
+
+    const FACE_CONF: &[u8] = br#"{"cniVersion":"1.0.0","name":"n","type":"face"}"#;
+
+    #[test]
+    fn in_process_answers_as_a_child_would() {
+        let exe = Path::new("/opt/cni/bin/face");
+        let out = run_in_process(Box::new(Face), exe, &face_env("ADD"), FACE_CONF, DEFAULT_TIMEOUT)
+            .expect("ADD answers");
+        let v: serde_json::Value = serde_json::from_slice(&out).expect("json");
+        assert_eq!(v["cniVersion"], "1.0.0", "printed in the config's version: {v}");
+        assert_eq!(v["interfaces"][0]["name"], "c1-net1", "env reached the face: {v}");
+
+        // The face's own CNI error, exactly as exec_plugin returns a child's.
+        let err = run_in_process(Box::new(Face), exe, &face_env("DEL"), FACE_CONF, DEFAULT_TIMEOUT)
+            .expect_err("DEL fails");
+        assert_eq!(
+            (err.code, err.msg.as_str(), err.details.as_str()),
+            (7, "bad", "field x")
+        );
+
+        // A config the skeleton refuses fails before the face runs, as in a child.
+        let err = run_in_process(
+            Box::new(Face),
+            exe,
+            &face_env("ADD"),
+            b"not json",
+            DEFAULT_TIMEOUT,
+        )
+        .expect_err("bad stdin");
+        assert_eq!(err.code, code::DECODING_FAILURE);
+    }
+
+    #[test]
+    fn in_process_panic_and_deadline_are_reported_like_a_crashed_or_killed_child() {
+        let exe = Path::new("/opt/cni/bin/face");
+        let err = run_in_process(
+            Box::new(Face),
+            exe,
+            &face_env("CHECK"),
+            FACE_CONF,
+            DEFAULT_TIMEOUT,
+        )
+        .expect_err("CHECK panics");
+        assert_eq!(err.code, code::DELEGATE_FAILED);
+        assert!(
+            err.details.contains("panicked") && err.details.contains("/opt/cni/bin/face"),
+            "{err}"
+        );
+
+        let started = Instant::now();
+        let err = run_in_process(
+            Box::new(Face),
+            exe,
+            &face_env("STATUS"),
+            br#"{"cniVersion":"1.1.0","name":"n","type":"face"}"#,
+            Duration::from_millis(200),
+        )
+        .expect_err("STATUS outlives the deadline");
+        assert_eq!(err.code, code::TRY_AGAIN_LATER, "{err}");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the caller did not wait for the face"
+        );
+    }
+
+    #[test]
+    fn only_the_running_executable_is_this_binary() {
+        let me = std::fs::read_link("/proc/self/exe").expect("exe");
+        assert!(is_this_binary(&me));
+        let d = tempfile::tempdir().expect("tmp");
+        let copy = d.path().join("copy");
+        std::fs::copy(&me, &copy).expect("copy");
+        assert!(!is_this_binary(&copy), "a copy is another file");
+        let link = d.path().join("link");
+        if std::fs::hard_link(&me, &link).is_ok() {
+            assert!(is_this_binary(&link), "a hard link is the same file");
+        }
+        assert!(!is_this_binary(&d.path().join("missing")));
     }
 }

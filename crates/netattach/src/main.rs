@@ -179,7 +179,7 @@ fn invoked_as() -> String {
 }
 
 fn init_logging(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("NETATTACH_LOG")
+    let filter = tracing_subscriber::EnvFilter::try_from_env(netattach_plugins::logging::ENV_FILTER)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     // Plugins own stdout for the protocol: logs always go to stderr.
     let _ = tracing_subscriber::fmt()
@@ -201,7 +201,7 @@ fn main() -> ExitCode {
         }),
     };
     if let Some(plugin) = face {
-        init_logging("warn");
+        netattach_plugins::logging::init();
         return exit(netattach_cni::skel::run(plugin.as_ref()));
     }
     init_logging("info");

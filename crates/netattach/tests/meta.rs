@@ -252,6 +252,53 @@ fn longhorn_pod_gets_eth0_and_lhnet1_and_a_status_longhorn_can_read() {
     lab.assert_clean(&pod);
 }
 
+/// Delegates whose binary is this netattach (the install's hard links) run in-process;
+/// another file under the same name (here a copy of the very same program) is executed. The
+/// pod ends up the same either way. `logLevel` and `logFile` make the shim say which it did,
+/// in a plain-text file copy of its stderr.
+#[test]
+fn delegates_of_this_binary_run_in_process_and_others_are_executed_alike() {
+    let lab = Lab::new();
+    let copies = tmp("netattach-meta-copy-");
+    std::fs::copy(env!("CARGO_BIN_EXE_netattach"), copies.path().join("macvlan")).expect("copy macvlan");
+    let mut outcomes = Vec::new();
+    for (case, bin_dir) in [("hard links", support::bin_dir()), ("a copy", copies.path())] {
+        let log = lab.local.path().join(format!("meta-{}.log", outcomes.len()));
+        let mut conf = lab.meta_conf();
+        conf["binDir"] = json!(bin_dir);
+        conf["logLevel"] = json!("debug");
+        conf["logFile"] = json!(log);
+        let pod = lab.pod("longhorn-system", "instance-manager-1", Some(LONGHORN_ANNOTATION));
+        let out = lab.meta().invoke("ADD", &pod.att, &conf);
+        assert!(out.success(), "{case}: {out:?}");
+        assert_eq!(pod.ns.link_names(), vec!["eth0", "lhnet1"], "{case}");
+        let status = lab.status_of("longhorn-system", "instance-manager-1");
+        let ip = longhorn_storage_ip(&status, "longhorn-system/storage").expect("storage ip");
+        assert!(in_range(&ip, "198.18.4."), "{case}: {ip}");
+        outcomes.push((status.len(), out.json()["interfaces"][0]["name"].clone()));
+
+        let text = std::fs::read_to_string(&log).unwrap_or_else(|e| panic!("{case}: log file: {e}"));
+        let in_process = text.matches("running delegate plugin in-process").count();
+        let executed = text.matches("running delegate plugin command").count();
+        match case {
+            "hard links" => assert_eq!((in_process, executed), (2, 0), "{case}: {text}"),
+            _ => assert_eq!((in_process, executed), (0, 2), "{case}: {text}"),
+        }
+        assert!(
+            !text.contains('\u{1b}'),
+            "{case}: ANSI escapes in the log file: {text:?}"
+        );
+        assert!(
+            out.stderr.contains("running delegate plugin"),
+            "{case}: stderr keeps the logs"
+        );
+
+        lab.meta().del(&pod.att, &conf).expect("DEL");
+        lab.assert_clean(&pod);
+    }
+    assert_eq!(outcomes[0], outcomes[1], "the same pod either way");
+}
+
 #[test]
 fn comma_form_named_attachment_uses_up_its_index() {
     let lab = Lab::new();

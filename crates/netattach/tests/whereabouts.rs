@@ -55,6 +55,42 @@ fn add_is_idempotent_per_podref_and_ifname() {
     assert_eq!(topo.allocations().len(), 3);
 }
 
+/// whereabouts' `log_level` and `log_file` are honoured: debug lines, in plain text, in the
+/// file as well as on stderr; an unknown level is a warning, never a failed ADD.
+#[test]
+fn log_level_and_log_file_are_honoured() {
+    let topo = Topology::new();
+    let dir = tempfile::tempdir().expect("tmp");
+    let log = dir.path().join("whereabouts.log");
+    let pod = topo.pod("logged");
+    let mut conf = topo.ipam_conf("1.1.0", "198.18.20.0/24");
+    conf["ipam"]["log_level"] = json!("debug");
+    conf["ipam"]["log_file"] = json!(log);
+    let out = topo.whereabouts().invoke("ADD", &pod.att, &conf);
+    assert!(out.success(), "{out:?}");
+    let text = std::fs::read_to_string(&log).expect("the log file was written");
+    // "allocated" is an info line: below the default (warn), so the level was raised.
+    assert!(text.contains("INFO") && text.contains("allocated"), "{text}");
+    assert!(!text.contains('\u{1b}'), "ANSI escapes in the log file: {text:?}");
+    assert!(
+        out.stderr.contains("allocated"),
+        "stderr keeps the logs: {}",
+        out.stderr
+    );
+
+    let other = topo.pod("quiet");
+    let mut conf = topo.ipam_conf("1.1.0", "198.18.20.0/24");
+    conf["ipam"]["log_level"] = json!("chatty");
+    let out = topo.whereabouts().invoke("ADD", &other.att, &conf);
+    assert!(out.success(), "{out:?}");
+    assert!(out.stderr.contains("unknown ipam.log_level"), "{}", out.stderr);
+    assert!(
+        !out.stderr.contains("allocated"),
+        "default level is warn: {}",
+        out.stderr
+    );
+}
+
 #[test]
 fn without_pod_identity_is_the_container_id() {
     let topo = Topology::new();

@@ -7,12 +7,9 @@
 //! binary under that name (upstream whereabouts, a newer netattach renamed into place) is always
 //! executed.
 
-use std::os::unix::fs::MetadataExt;
-use std::path::Path;
-
 use netattach_cni::Command;
 use netattach_cni::error::CniError;
-use netattach_cni::exec::{DEFAULT_TIMEOUT, delegate, find_plugin};
+use netattach_cni::exec::{DEFAULT_TIMEOUT, delegate, find_plugin, is_this_binary};
 use netattach_cni::result::CniResult;
 use netattach_cni::skel::{Plugin, Request};
 
@@ -37,12 +34,4 @@ pub fn call(command: Command, ipam_type: &str, req: &Request) -> Result<Option<C
         };
     }
     delegate(command, ipam_type, &req.conf.bytes, &req.inv, DEFAULT_TIMEOUT)
-}
-
-/// Whether `path` is the file this process runs from (same device and inode).
-fn is_this_binary(path: &Path) -> bool {
-    match (std::fs::metadata(path), std::fs::metadata("/proc/self/exe")) {
-        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
-        _ => false,
-    }
 }

@@ -6,6 +6,7 @@
 //! * [`errors`]: the one place where library errors become CNI error codes.
 //! * [`ipam_delegate`]: calling the IPAM plugin (in-process when it is this binary).
 //! * [`ipam_daemon`]: the `whereabouts` face's path through the node daemon's IPAM engine.
+//! * [`logging`]: the plugin process's log level and file, from the network config.
 //! * [`install`]: installing the multi-call binary into a CNI bin dir, atomically.
 //! * [`ipam_admin`]: `netattach ipam ls | show | release` over the cluster's pools or the local store.
 //! * [`ipam_report`]: their table and JSON rendering.
@@ -18,6 +19,7 @@ pub mod ipam_admin;
 pub mod ipam_daemon;
 pub mod ipam_delegate;
 pub mod ipam_report;
+pub mod logging;
 pub mod macvlan;
 pub mod meta;
 pub mod whereabouts;
@@ -25,7 +27,7 @@ pub mod whereabouts;
 use netattach_cni::skel::Plugin;
 
 /// The plugin a binary invoked as `name` speaks, if it is one of ours.
-pub fn plugin_for(name: &str) -> Option<Box<dyn Plugin>> {
+pub fn plugin_for(name: &str) -> Option<Box<dyn Plugin + Send>> {
     match name {
         "macvlan" => Some(Box::new(macvlan::Macvlan)),
         "whereabouts" => Some(Box::new(whereabouts::Whereabouts::default())),

@@ -58,8 +58,12 @@ use runner::{Conflist, Env};
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Meta;
 
+/// Parses the config and applies its `logLevel` and `logFile`.
 fn parse_meta(req: &Request) -> Result<MetaConfig, CniError> {
-    MetaConfig::parse(&req.conf.bytes).map_err(|e| netattach_cluster::Error::from(e).into())
+    let meta =
+        MetaConfig::parse(&req.conf.bytes).map_err(|e| CniError::from(netattach_cluster::Error::from(e)))?;
+    crate::logging::configure(meta.log_level.map(|l| l.filter()), meta.log_file.as_deref());
+    Ok(meta)
 }
 
 /// `binDir` then the runtime's `CNI_PATH` (Multus' `binDirs`).

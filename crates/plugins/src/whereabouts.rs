@@ -11,6 +11,7 @@
 
 use std::net::IpAddr;
 
+use netattach_cluster::meta_config::LogLevel;
 use netattach_cni::error::{CniError, code};
 use netattach_cni::result::{CniResult, Dns, IpConfig, Route};
 use netattach_cni::skel::{Plugin, Request};
@@ -33,11 +34,25 @@ pub struct Whereabouts {
 }
 
 impl Whereabouts {
+    /// Reads the config (flat file merged) and applies its `log_level` and `log_file`.
     fn load(&self, req: &Request) -> Result<IpamConfig, IpamError> {
-        Ok(IpamConfig::from_netconf_with(
-            &Value::Object(req.conf.raw.clone()),
-            &self.search,
-        )?)
+        let cfg = IpamConfig::from_netconf_with(&Value::Object(req.conf.raw.clone()), &self.search)?;
+        let level = cfg
+            .log_level
+            .as_deref()
+            .and_then(|l| match l.parse::<LogLevel>() {
+                Ok(level) => Some(level.filter()),
+                Err(()) => {
+                    // whereabouts keeps its default on an unknown level too.
+                    tracing::warn!(
+                        log_level = l,
+                        "unknown ipam.log_level ignored; use debug, verbose, error or panic"
+                    );
+                    None
+                }
+            });
+        crate::logging::configure(level, cfg.log_file.as_deref());
+        Ok(cfg)
     }
 }
 

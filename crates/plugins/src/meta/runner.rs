@@ -6,7 +6,9 @@
 //! `cniVersion` injected, `prevResult` chained, `runtimeConfig` filtered by the plugin's
 //! capabilities); the executable is found on `binDir` + `CNI_PATH`; the environment is the
 //! delegate's (`CNI_IFNAME` = the delegate's interface, `CNI_ARGS` = the pod's args plus the
-//! delegate's extra pairs).
+//! delegate's extra pairs). A plugin whose binary is this very program (the usual install: one
+//! file linked under every name) runs in-process ([`netattach_cni::exec::run_in_process`]):
+//! same environment, stdin, answer and deadline, minus a process start.
 //!
 //! As in libcni: ADD runs the plugins in order and chains each result into the next; DEL runs
 //! them in reverse with the cached ADD result as `prevResult` (0.4.0 and newer); CHECK needs
@@ -25,7 +27,8 @@ use netattach_cluster::{Error as ClusterError, plugin_request};
 use netattach_cni::Version;
 use netattach_cni::env::{Command, join_path};
 use netattach_cni::error::CniError;
-use netattach_cni::exec::{DEFAULT_TIMEOUT, exec_plugin, find_plugin};
+use netattach_cni::exec::{DEFAULT_TIMEOUT, exec_plugin, find_plugin, is_this_binary, run_in_process};
+use netattach_cni::skel::Plugin;
 
 /// The environment shared by every plugin of one delegate call.
 #[derive(Debug, Clone)]
@@ -123,9 +126,28 @@ fn exec(
     if let Some(ns) = env.netns {
         vars.push(("CNI_NETNS".to_string(), ns.display().to_string()));
     }
-    tracing::debug!(%command, plugin = plugin_type, ifname, "running delegate plugin");
-    exec_plugin(&exe, &vars, stdin, DEFAULT_TIMEOUT)
-        .map_err(|e| e.context(format!("{plugin_type} {command}")))
+    let answer = match in_process_face(plugin_type, &exe) {
+        Some(face) => {
+            tracing::debug!(%command, plugin = plugin_type, ifname, "running delegate plugin in-process");
+            run_in_process(face, &exe, &vars, stdin, DEFAULT_TIMEOUT)
+        }
+        None => {
+            tracing::debug!(%command, plugin = plugin_type, ifname, "running delegate plugin");
+            exec_plugin(&exe, &vars, stdin, DEFAULT_TIMEOUT)
+        }
+    };
+    answer.map_err(|e| e.context(format!("{plugin_type} {command}")))
+}
+
+/// The face to run in-process for a delegate plugin `plugin_type` found at `exe`: only when
+/// `exe` is this very binary and the face is one of the plugins (`macvlan`, `whereabouts`).
+/// Anything else — another program under the name, a different netattach build renamed into
+/// place, the meta-plugin itself — is executed.
+fn in_process_face(plugin_type: &str, exe: &Path) -> Option<Box<dyn Plugin + Send>> {
+    if !matches!(plugin_type, "macvlan" | "whereabouts") || !is_this_binary(exe) {
+        return None;
+    }
+    crate::plugin_for(plugin_type)
 }
 
 /// ADD: every plugin in order, each result chained into the next; returns the last result as
