@@ -9,7 +9,10 @@
 //! daemon batches a node's concurrent requests into one pool write) and direct (each process
 //! writes the pool itself). It reports wall time, allocations per second, ADD latency, failures,
 //! duplicate addresses, API requests (from the apiserver audit log), then releases everything
-//! (DEL, measured too) and checks nothing leaked. Needs root. See `bench/README.md`.
+//! (DEL, measured too) and checks nothing leaked. Before the systems, an "API floor" creates N
+//! bare OverlappingRangeIPReservations at the same concurrency — the one write every
+//! allocation needs — to show the most any whereabouts-compatible IPAM could do here. Needs
+//! root. See `bench/README.md`.
 //!
 //! Network safety: IPAM touches no interface. The only network object this program creates is
 //! one empty network namespace (`nib-<pid>-0`, the `CNI_NETNS` of every call, deleted at exit);
@@ -1098,6 +1101,8 @@ struct Env<'a> {
     daemon_unsupported: Option<String>,
     apiserver_pid: Option<u32>,
     etcd_pid: Option<u32>,
+    /// The API server's URL (`https://127.0.0.1:<port>`).
+    server: String,
 }
 
 /// Deletes the run's pods.
@@ -1426,7 +1431,121 @@ fn run_system(env: &Env, sys: Sys, n: usize) -> Result<SysRun, Error> {
 // ---------------------------------------------------------------------------------------------
 // The report
 
-fn print_report(runs: &[SysRun], opts: &Opts) {
+/// The API server's ceiling for a burst of `n` allocations on this machine.
+struct Floor {
+    /// Reservations created (HTTP 201).
+    created: usize,
+    /// Requests in flight at once.
+    parallel: usize,
+    wall: Duration,
+}
+
+impl Floor {
+    fn rate(&self) -> f64 {
+        self.created as f64 / self.wall.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Measures what no allocation can avoid: with `enable_overlapping_ranges` (whereabouts'
+/// default, and this bench's config) every allocation creates one
+/// OverlappingRangeIPReservation. `n` of them are created as a node identity, as many at a
+/// time as the burst has plugins in flight (`nodes × per-node-parallel`), over HTTP/2 from a
+/// single `curl --parallel` process — no pool read or write, no plugin process, no daemon.
+/// Then they are deleted. The rate is an upper bound for any whereabouts-compatible IPAM
+/// here.
+fn api_floor(env: &Env, n: usize) -> Result<Floor, Error> {
+    ensure_clean(env, "before the API floor")?;
+    let (_, kubeconfig) = env.nodes.first().ok_or("no node identities")?;
+    let text = std::fs::read_to_string(kubeconfig)?;
+    let token = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("token: "))
+        .ok_or_else(|| format!("{}: no token", kubeconfig.display()))?
+        .trim_matches('"');
+    let parallel = env.nodes.len() * env.opts.per_node_parallel;
+    let url = format!(
+        "{}/apis/whereabouts.cni.cncf.io/v1alpha1/namespaces/{NS}/overlappingrangeipreservations",
+        env.server
+    );
+    let first: Ipv4Addr = RANGE
+        .split('/')
+        .next()
+        .and_then(|a| a.parse().ok())
+        .ok_or("RANGE is not IPv4")?;
+    let dir = tempfile::Builder::new().prefix("ipam-bench-floor-").tempdir()?;
+    let config = dir.path().join("curl.conf");
+    let mut conf = String::new();
+    for k in 1..=n {
+        let ip = Ipv4Addr::from(u32::from(first) + u32::try_from(k)?);
+        let body = json!({
+            "apiVersion": "whereabouts.cni.cncf.io/v1alpha1",
+            "kind": "OverlappingRangeIPReservation",
+            "metadata": {"name": ip.to_string()},
+            "spec": {"containerid": format!("floor-{k}"), "podref": format!("{NS}/floor-{k}"), "ifname": IFNAME},
+        });
+        if k > 1 {
+            conf.push_str("next\n");
+        }
+        conf.push_str(&format!(
+            // Per-transfer options: `next` resets them.
+            "url = \"{url}\"\ninsecure\nhttp2\nheader = \"Authorization: Bearer {token}\"\nheader = \"Content-Type: application/json\"\ndata = {}\noutput = \"/dev/null\"\nwrite-out = \"%{{http_code}}\\n\"\n",
+            serde_json::to_string(&body.to_string())?
+        ));
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&config)?
+        .write_all(conf.as_bytes())?;
+    println!("  API floor: {n} reservation creates, {parallel} at a time (curl --parallel, HTTP/2)");
+    let before = CpuSample::take(env, None);
+    let started = Instant::now();
+    let out = Command::new("curl")
+        .args(["--silent", "--parallel", "--parallel-max"])
+        .arg(parallel.to_string())
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .map_err(|e| format!("curl (apt-get install curl): {e}"))?;
+    let wall = started.elapsed();
+    let cpu = CpuSample::take(env, None).since(&before);
+    let codes = String::from_utf8_lossy(&out.stdout);
+    let created = codes.lines().filter(|c| c.trim() == "201").count();
+    println!(
+        "    {created}/{n} created in {:.2} s ({:.1}/s); CPU: {cpu}",
+        wall.as_secs_f64(),
+        created as f64 / wall.as_secs_f64().max(1e-9)
+    );
+    env.kubectl.run(
+        &[
+            "delete",
+            "overlappingrangeipreservations",
+            "--all",
+            "-n",
+            NS,
+            "--wait=true",
+        ],
+        None,
+    )?;
+    if created != n {
+        let mut other: BTreeMap<&str, usize> = BTreeMap::new();
+        for c in codes.lines().map(str::trim).filter(|c| *c != "201") {
+            *other.entry(c).or_default() += 1;
+        }
+        return Err(format!(
+            "the API floor created {created} of {n} reservations (other HTTP codes: {other:?})"
+        )
+        .into());
+    }
+    Ok(Floor {
+        created,
+        parallel,
+        wall,
+    })
+}
+
+fn print_report(runs: &[SysRun], floor: &Floor, opts: &Opts) {
     let Some(first) = runs.first() else { return };
     let n = first.n;
     println!();
@@ -1479,6 +1598,20 @@ fn print_report(runs: &[SysRun], opts: &Opts) {
             .and_then(|r| r.add.as_ref())
             .map(|p| p.ok() as f64 / p.wall.as_secs_f64().max(1e-9))
     };
+    println!(
+        "{:<20} {:>10} {:>9.1}   (API floor: {} bare reservation creates, {} at a time, no pool write, no plugin)",
+        "floor",
+        format!("{:.2} s", floor.wall.as_secs_f64()),
+        floor.rate(),
+        floor.created,
+        floor.parallel
+    );
+    if let Some(wb) = rate(Sys::Whereabouts).filter(|wb| *wb > 0.0) {
+        println!(
+            "floor / whereabouts: {:.1}x — no whereabouts-compatible IPAM with enable_overlapping_ranges allocates faster on this API server",
+            floor.rate() / wb
+        );
+    }
     if let Some(wb) = rate(Sys::Whereabouts) {
         for s in [Sys::Netattach, Sys::NetattachDirect] {
             if let Some(na) = rate(s) {
@@ -1748,13 +1881,19 @@ fn run() -> Result<(), Error> {
         daemon_unsupported,
         apiserver_pid: testenv.component_pid("kube-apiserver"),
         etcd_pid: testenv.component_pid("etcd"),
+        server: testenv
+            .var("NETATTACH_TESTENV_SERVER")?
+            .trim_end_matches('/')
+            .to_string(),
     };
 
-    let mut all: Vec<Vec<SysRun>> = Vec::new();
+    let mut all: Vec<(Vec<SysRun>, Floor)> = Vec::new();
     let mut problems = 0;
     for &n in &opts.sizes {
         println!();
         println!("== N = {n} ==");
+        check_interrupted()?;
+        let floor = api_floor(&env, n)?;
         let mut runs = Vec::new();
         for &sys in &opts.systems {
             check_interrupted()?;
@@ -1765,14 +1904,14 @@ fn run() -> Result<(), Error> {
             }
             runs.push(r);
         }
-        print_report(&runs, &opts);
-        all.push(runs);
+        print_report(&runs, &floor, &opts);
+        all.push((runs, floor));
     }
     if all.len() > 1 {
         println!();
         println!("==================== all sizes ====================");
-        for runs in &all {
-            print_report(runs, &opts);
+        for (runs, floor) in &all {
+            print_report(runs, floor, &opts);
         }
     }
     drop(netns);
