@@ -1,28 +1,35 @@
 //! `pod-bench`: pod ADD+DEL through a meta-plugin, netattach (shim + node daemon) against
-//! upstream Multus thin (`multus` v4.3.0), on one `tools/testenv` control plane, interleaved.
-//! Both run the same delegates (netattach's `macvlan` + `whereabouts` with the local store) for
-//! the same NADs, with 1 and with 3 NADs per pod. It reports ADD/DEL latency, the API requests
-//! each system makes per pod (from the apiserver audit log), and the node daemon's RSS idle
+//! upstream Multus v4.3.0 thin (`multus`) and thick (`multus-shim` + `multus-daemon`), on one
+//! `tools/testenv` control plane, interleaved. All three run the same delegates (netattach's
+//! `macvlan` + `whereabouts` with the local store) for the same NADs, with 1 and with 3 NADs per
+//! pod. It reports ADD/DEL latency, the API requests each system makes per pod (from the
+//! apiserver audit log), and the RSS of both node daemons (netattach's and multus-daemon) idle
 //! and during a burst of concurrent ADDs. Needs root. See `bench/README.md`.
 //!
 //! Network safety: every link lives in namespaces this program creates (`npb-<pid>-<n>`);
 //! addresses come only from 198.18.0.0/15; no pre-existing interface is touched. The apiserver
-//! listens on the host's loopback; plugins run inside the node namespace, so a small TCP relay
-//! (listening on 127.0.0.1:<apiserver port> *inside the node namespace*) carries their API
-//! traffic to it. Both systems' API traffic (Multus' and the daemon's) goes through it.
-//! Namespaces, the daemon, temp dirs and the Kubernetes objects (or the whole testenv instance
-//! when this program started it) are removed on normal exit, on error and on Ctrl-C.
+//! listens on the host's loopback; plugins and daemons run inside the node namespace, so a small
+//! TCP relay (listening on 127.0.0.1:<apiserver port> *inside the node namespace*) carries their
+//! API traffic to it. multus-daemon only knows in-cluster credentials (a fixed path under
+//! /var/run/secrets): it runs in a private mount namespace (slave propagation, so nothing
+//! propagates to the host) where a temp dir is bind-mounted over /var. Namespaces, the daemons,
+//! temp dirs and the Kubernetes objects (or the whole testenv instance when this program started
+//! it) are removed on normal exit, on error and on Ctrl-C.
 
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::ffi::CString;
+use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
+use std::os::unix::ffi::OsStringExt;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
-use netattach_netdev::Handle;
+use netattach_netdev::{Handle, Netns};
 use serde_json::{Value, json};
 
 // Shared with the other benches; not every helper is used here.
@@ -57,6 +64,10 @@ const NADS: [(&str, &str); 3] = [
 /// Bench pods get the networks annotation with this many NADs.
 const CONFIGS: [usize; 2] = [1, 3];
 const NETWORKS_ANNOTATION: &str = "k8s.v1.cni.cncf.io/networks";
+/// The ServiceAccounts of Multus thin (its kubeconfig) and of the thick daemon (its in-cluster
+/// token).
+const THIN_SA: &str = "multus";
+const THICK_SA: &str = "multus-thick";
 
 extern "C" fn on_signal(_: libc::c_int) {
     INTERRUPTED.store(true, Ordering::SeqCst);
@@ -73,6 +84,8 @@ fn check_interrupted() -> Result<(), Error> {
 struct Opts {
     netattach: PathBuf,
     multus: PathBuf,
+    multus_shim: PathBuf,
+    multus_daemon: PathBuf,
     tools_bin: PathBuf,
     iterations: usize,
     warmup: usize,
@@ -81,14 +94,16 @@ struct Opts {
 }
 
 fn usage() -> &'static str {
-    "usage: pod-bench [--netattach PATH] [--multus PATH] [--tools-bin DIR] [--iterations N]\n\
-     \x20                [--warmup N] [--pods N] [--burst N]\n\
+    "usage: pod-bench [--netattach PATH] [--multus PATH] [--multus-shim PATH] [--multus-daemon PATH]\n\
+     \x20                [--tools-bin DIR] [--iterations N] [--warmup N] [--pods N] [--burst N]\n\
      \n\
-     Pod ADD+DEL through netattach (shim + daemon) and upstream Multus thin, interleaved, with\n\
-     1 and 3 NADs (macvlan + whereabouts local store, netattach's plugins for both), on a\n\
-     tools/testenv control plane: the one named by NETATTACH_TESTENV_DIR (tools/test-k8s), or\n\
-     a private instance started and torn down by this program. Needs root.\n\
+     Pod ADD+DEL through netattach (shim + daemon), upstream Multus thin and Multus thick\n\
+     (multus-shim + multus-daemon), interleaved, with 1 and 3 NADs (macvlan + whereabouts local\n\
+     store, netattach's plugins for all three), on a tools/testenv control plane: the one named\n\
+     by NETATTACH_TESTENV_DIR (tools/test-k8s), or a private instance started and torn down by\n\
+     this program. Needs root.\n\
      Defaults: --netattach <dir of this program>/netattach, --multus <tools-bin>/multus,\n\
+     --multus-shim <tools-bin>/multus-shim, --multus-daemon <tools-bin>/multus-daemon,\n\
      --tools-bin <repo>/target/tools/bin, --iterations 50 --warmup 5 --pods 4 --burst 200"
 }
 
@@ -101,6 +116,8 @@ fn parse_args() -> Result<Opts, Error> {
     let mut o = Opts {
         netattach: exe_dir.join("netattach"),
         multus: PathBuf::new(),
+        multus_shim: PathBuf::new(),
+        multus_daemon: PathBuf::new(),
         tools_bin,
         iterations: 50,
         warmup: 5,
@@ -116,6 +133,8 @@ fn parse_args() -> Result<Opts, Error> {
         match a.as_str() {
             "--netattach" => o.netattach = PathBuf::from(val("--netattach")?),
             "--multus" => o.multus = PathBuf::from(val("--multus")?),
+            "--multus-shim" => o.multus_shim = PathBuf::from(val("--multus-shim")?),
+            "--multus-daemon" => o.multus_daemon = PathBuf::from(val("--multus-daemon")?),
             "--tools-bin" => o.tools_bin = PathBuf::from(val("--tools-bin")?),
             "--iterations" => o.iterations = val("--iterations")?.parse()?,
             "--warmup" => o.warmup = val("--warmup")?.parse()?,
@@ -128,8 +147,14 @@ fn parse_args() -> Result<Opts, Error> {
             other => return Err(format!("unknown argument {other:?}\n{}", usage()).into()),
         }
     }
-    if o.multus.as_os_str().is_empty() {
-        o.multus = o.tools_bin.join("multus");
+    for (path, name) in [
+        (&mut o.multus, "multus"),
+        (&mut o.multus_shim, "multus-shim"),
+        (&mut o.multus_daemon, "multus-daemon"),
+    ] {
+        if path.as_os_str().is_empty() {
+            *path = o.tools_bin.join(name);
+        }
     }
     if o.iterations == 0 || o.pods == 0 {
         return Err("--iterations and --pods must be at least 1".into());
@@ -229,11 +254,15 @@ fn ipam(range: &str, store: &Path) -> Value {
            "local_dir": store.display().to_string()})
 }
 
-/// Multus' rights as the rke2-multus chart grants them (ClusterRole `multus`).
+/// Multus' rights as the rke2-multus chart grants them (ClusterRole `multus`), bound to one
+/// ServiceAccount per Multus flavour (`multus` for thin, `multus-thick` for the thick daemon), so
+/// the audit log tells them apart.
 fn multus_rbac() -> Vec<Value> {
     vec![
         json!({"apiVersion": "v1", "kind": "ServiceAccount",
-               "metadata": {"name": "multus", "namespace": NS}}),
+               "metadata": {"name": THIN_SA, "namespace": NS}}),
+        json!({"apiVersion": "v1", "kind": "ServiceAccount",
+               "metadata": {"name": THICK_SA, "namespace": NS}}),
         json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
                "metadata": {"name": "pod-bench-multus"},
                "rules": [
@@ -246,7 +275,8 @@ fn multus_rbac() -> Vec<Value> {
                "metadata": {"name": "pod-bench-multus"},
                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
                            "name": "pod-bench-multus"},
-               "subjects": [{"kind": "ServiceAccount", "name": "multus", "namespace": NS}]}),
+               "subjects": [{"kind": "ServiceAccount", "name": THIN_SA, "namespace": NS},
+                            {"kind": "ServiceAccount", "name": THICK_SA, "namespace": NS}]}),
     ]
 }
 
@@ -333,25 +363,226 @@ impl Drop for Daemon {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Multus thick: multus-daemon
+
+/// multus-daemon as the upstream thick DaemonSet runs it (`multusConfigFile: auto`), with every
+/// path in the bench's temp dir `dir` and no `chrootDir` (we are not in a container).
+struct ThickSetup<'a> {
+    exe: &'a Path,
+    /// `<tmp>/thick`.
+    dir: PathBuf,
+    /// The CNI bin dir with netattach's faces (the same delegates as the other systems).
+    bin: &'a Path,
+    /// The cluster network conflist (`cbr0`): copied into the daemon's own conf dir, where auto
+    /// mode finds it, and given to the daemon as `delegates` (see `start`).
+    cluster: &'a Value,
+    /// A token of the `multus-thick` ServiceAccount and the apiserver's CA.
+    token: &'a str,
+    ca: &'a Path,
+    api_port: u16,
+}
+
+impl ThickSetup<'_> {
+    /// `cniConfigDir` = `multusAutoconfigDir`: the daemon finds the master conflist here and
+    /// writes `00-multus.conf` (the shim's config) beside it.
+    fn conf_dir(&self) -> PathBuf {
+        self.dir.join("net.d")
+    }
+    /// `socketDir` (the daemon removes and recreates it at start) = the shim's `daemonSocketDir`.
+    fn socket_dir(&self) -> PathBuf {
+        self.dir.join("run")
+    }
+    /// `cniDir`: Multus' scratch cache and libcni's results.
+    fn cni_dir(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+    /// Bind-mounted over /var in the daemon's mount namespace: it holds only
+    /// `run/secrets/kubernetes.io/serviceaccount/{token,ca.crt,namespace}`, where client-go's
+    /// in-cluster config reads them (multus-daemon has no kubeconfig option: `NewCNIServer`
+    /// calls `k8sclient.InClusterK8sClient()`).
+    fn var_dir(&self) -> PathBuf {
+        self.dir.join("var")
+    }
+    fn log(&self) -> PathBuf {
+        self.dir.join("daemon.log")
+    }
+
+    /// Writes the daemon's config and credentials, starts it in `node_netns` (and a private
+    /// mount namespace), and waits until it answers `/healthz` and has written `00-multus.conf`.
+    /// Returns the daemon and that file: the shim's stdin config, as a runtime would read it.
+    fn start(&self, node_netns: &Netns) -> Result<(Daemon, Vec<u8>), Error> {
+        let sa = self.var_dir().join("run/secrets/kubernetes.io/serviceaccount");
+        for d in [&self.conf_dir(), &self.cni_dir(), &sa] {
+            std::fs::create_dir_all(d).map_err(|e| format!("create {}: {e}", d.display()))?;
+        }
+        std::fs::write(sa.join("token"), self.token)?;
+        std::fs::copy(self.ca, sa.join("ca.crt")).map_err(|e| format!("copy {}: {e}", self.ca.display()))?;
+        std::fs::write(sa.join("namespace"), NS)?;
+        std::fs::write(
+            self.conf_dir().join("10-cluster.conflist"),
+            serde_json::to_vec_pretty(self.cluster)?,
+        )?;
+        let config = self.dir.join("daemon-config.json");
+        // The keys of the upstream thick DaemonSet's daemon-config.json, minus chrootDir, plus
+        // the paths the defaults would put on the host. No metricsPort: the daemon would listen
+        // on all addresses of the node namespace. logLevel error (default: panic) makes the shim
+        // and the daemon print the errors they otherwise drop; nothing is logged on success.
+        //
+        // The cluster network: auto mode puts `clusterNetwork: <path of the master conflist>`
+        // into 00-multus.conf, and v4.3.0 loads such a delegate through a typed struct that
+        // keeps only cniVersion/name/type/ipam.type (`LoadDelegateNetConfFromConfList`): ADD
+        // still gets the whole conflist, DEL gets the stripped one, so the cluster network's
+        // IPAM never releases (multus-cni #1449, fixed after v4.3.0 by #1521). The daemon's
+        // config overrides the shim's key by key, so `clusterNetwork: ""` + `delegates` give
+        // it the master conflist as thin gets it (what the thin entrypoint generates) and
+        // every system releases what it allocated.
+        let conf_dir = self.conf_dir().display().to_string();
+        let socket_dir = self.socket_dir().display().to_string();
+        std::fs::write(
+            &config,
+            serde_json::to_vec_pretty(&json!({
+                "cniVersion": "1.0.0",
+                "logLevel": "error",
+                "logToStderr": true,
+                "cniConfigDir": conf_dir,
+                "multusAutoconfigDir": conf_dir,
+                "multusConfigFile": "auto",
+                "confDir": conf_dir,
+                "socketDir": socket_dir,
+                "daemonSocketDir": socket_dir,
+                "cniDir": self.cni_dir().display().to_string(),
+                "binDir": self.bin.display().to_string(),
+                "clusterNetwork": "",
+                "delegates": [self.cluster],
+            }))?,
+        )?;
+        let log = std::fs::File::create(self.log())?;
+        let mut cmd = Command::new(self.exe);
+        cmd.arg("-config")
+            .arg(&config)
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            // The pod informer's field selector spec.nodeName=node-1 (`newPodInformer`).
+            .env("MULTUS_NODE_NAME", NODE)
+            // client-go's in-cluster config: the relay inside the node namespace.
+            .env("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+            .env("KUBERNETES_SERVICE_PORT", self.api_port.to_string())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let var_src = CString::new(self.var_dir().into_os_string().into_vec())?;
+        // SAFETY: the hook runs in the forked child before exec; it makes only raw system calls
+        // (unshare, mount) on memory prepared before the fork, and allocates nothing.
+        unsafe {
+            cmd.pre_exec(move || {
+                // A mount namespace of its own; every mount in it a slave: the host's new mounts
+                // (pod namespaces under /run/netns) propagate in, nothing propagates out.
+                if libc::unshare(libc::CLONE_NEWNS) != 0
+                    || libc::mount(
+                        c"none".as_ptr(),
+                        c"/".as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_REC | libc::MS_SLAVE,
+                        std::ptr::null(),
+                    ) != 0
+                    || libc::mount(
+                        var_src.as_ptr(),
+                        c"/var".as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_BIND,
+                        std::ptr::null(),
+                    ) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = node_netns
+            .run(|| cmd.spawn())?
+            .map_err(|e| format!("spawn {}: {e}", self.exe.display()))?;
+        let mut daemon = Daemon {
+            child,
+            log: self.log(),
+        };
+        let socket = self.socket_dir().join("multus.sock");
+        let shim_conf = self.conf_dir().join("00-multus.conf");
+        let t0 = Instant::now();
+        loop {
+            if let Some(status) = daemon.child.try_wait()? {
+                return Err(format!("multus-daemon exited ({status}):\n{}", daemon.log_tail()).into());
+            }
+            if healthz(&socket)
+                && let Ok(bytes) = std::fs::read(&shim_conf)
+                && serde_json::from_slice::<Value>(&bytes).is_ok_and(|v| v["type"] == "multus-shim")
+            {
+                return Ok((daemon, bytes));
+            }
+            if t0.elapsed() > Duration::from_secs(60) {
+                return Err(format!(
+                    "multus-daemon was not ready in 60 s (healthz on {}, {}):\n{}",
+                    socket.display(),
+                    shim_conf.display(),
+                    daemon.log_tail()
+                )
+                .into());
+            }
+            check_interrupted()?;
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// `GET /healthz` on multus-daemon's socket answered 200 (the shim's readiness check).
+fn healthz(socket: &Path) -> bool {
+    let Ok(mut s) = UnixStream::connect(socket) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+    if s.write_all(b"GET /healthz HTTP/1.0\r\nHost: dummy\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    answer.split_whitespace().nth(1) == Some("200")
+}
+
+// ---------------------------------------------------------------------------------------------
 // Running the meta-plugins
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 enum Sys {
     Netattach,
-    Multus,
+    Thin,
+    Thick,
 }
+
+/// The three systems, in the order of the first round (later rounds rotate it).
+const SYSTEMS: [Sys; 3] = [Sys::Netattach, Sys::Thin, Sys::Thick];
 
 impl Sys {
     fn label(self) -> &'static str {
         match self {
             Sys::Netattach => "netattach",
-            Sys::Multus => "multus-thin",
+            Sys::Thin => "multus-thin",
+            Sys::Thick => "multus-thick",
         }
     }
     fn prefix(self) -> &'static str {
         match self {
             Sys::Netattach => "na",
-            Sys::Multus => "mu",
+            Sys::Thin => "mu",
+            Sys::Thick => "mt",
+        }
+    }
+    /// The API identity its requests carry in the audit log.
+    fn user(self) -> &'static str {
+        match self {
+            Sys::Netattach => "netattach:node:node-1",
+            Sys::Thin => "system:serviceaccount:pod-bench:multus",
+            Sys::Thick => "system:serviceaccount:pod-bench:multus-thick",
         }
     }
 }
@@ -361,6 +592,10 @@ struct Meta {
     exe: PathBuf,
     conf: Vec<u8>,
     cni_path: String,
+    /// multus-shim: DEL exits 0 whatever happened (`pkg/server/api/shim.go` `CmdDel` only logs
+    /// the error). With `logLevel: error` the log goes to its stderr: a DEL that printed
+    /// anything there counts as failed.
+    del_swallows_errors: bool,
 }
 
 /// A pod as the runtime knows it.
@@ -409,16 +644,23 @@ impl Meta {
         }
         let out = child.wait_with_output()?;
         let elapsed = start.elapsed();
+        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        let swallowed = self.del_swallows_errors && cmd == "DEL" && !stderr.is_empty();
         Ok(Exec {
             elapsed,
             start_us,
             end_us: now_us(),
-            ok: out.status.success(),
+            ok: out.status.success() && !swallowed,
             output: format!(
-                "{}; stdout {}; stderr {}",
+                "{}{}; stdout {}; stderr {}",
                 out.status,
+                if swallowed {
+                    " (multus-shim DEL always exits 0; it logged an error)"
+                } else {
+                    ""
+                },
                 String::from_utf8_lossy(&out.stdout).trim(),
-                String::from_utf8_lossy(&out.stderr).trim()
+                stderr
             ),
         })
     }
@@ -521,6 +763,134 @@ fn mib(kib: u64) -> String {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The burst
+
+/// One system's burst: its daemon's RSS and the outcome.
+struct Burst {
+    /// VmRSS and VmHWM (KiB) just before the ADDs.
+    before: (u64, u64),
+    /// The highest VmRSS sampled (every 2 ms) during the ADDs and the DELs.
+    peak: u64,
+    /// VmRSS and VmHWM after the DELs.
+    after: (u64, u64),
+    /// Wall time of all ADDs, then of all DELs.
+    wall: Vec<Duration>,
+    failures: Vec<String>,
+}
+
+/// `pods.len()` concurrent ADDs through `meta` (released together by a barrier), then as many
+/// concurrent DELs, while `daemon`'s VmRSS is sampled. Each operation goes into `ops` under
+/// scenario "burst"; a failed DEL is retried once afterwards (a failed ADD is DELed anyway).
+fn burst(
+    sys: Sys,
+    meta: &Meta,
+    daemon: &Daemon,
+    node_netns: &Netns,
+    pods: &[PodRef],
+    ops: &mut Vec<Op>,
+) -> Result<Burst, Error> {
+    // Wait until the daemon's cache holds the last pod (the watch delivers in order).
+    let last = pods.last().cloned().ok_or("no burst pods")?;
+    let probe_id = format!("{}-burst-probe", sys.prefix());
+    let probe_start = now_us();
+    node_netns.run(|| -> Result<(), Error> {
+        meta.add_until_ok(&probe_id, &last, Duration::from_secs(30))?;
+        let d = meta.exec("DEL", &probe_id, &last)?;
+        if d.ok {
+            Ok(())
+        } else {
+            Err(format!("{} burst probe DEL: {}", sys.label(), d.output).into())
+        }
+    })??;
+    ops.push(Op {
+        sys,
+        scenario: "setup".into(),
+        verb: "ADD",
+        elapsed: Duration::ZERO,
+        start_us: probe_start,
+        end_us: now_us(),
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let before = daemon.rss();
+    let peak = Arc::new(AtomicU64::new(before.0));
+    let sampling = Arc::new(AtomicBool::new(true));
+    let sampler = {
+        let (peak, sampling) = (peak.clone(), sampling.clone());
+        let path = format!("/proc/{}/status", daemon.pid());
+        std::thread::spawn(move || {
+            while sampling.load(Ordering::SeqCst) {
+                let rss = std::fs::read_to_string(&path)
+                    .ok()
+                    .and_then(|s| {
+                        s.lines()
+                            .find_map(|l| l.strip_prefix("VmRSS:"))
+                            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                    })
+                    .unwrap_or(0);
+                peak.fetch_max(rss, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        })
+    };
+    let id = |k: usize| format!("{}-burst-{k}", sys.prefix());
+    let results: Mutex<Vec<(usize, &'static str, Exec)>> = Mutex::new(Vec::new());
+    let mut wall = Vec::new();
+    for verb in ["ADD", "DEL"] {
+        let barrier = Barrier::new(pods.len());
+        let t = Instant::now();
+        let phase = node_netns.run(|| {
+            std::thread::scope(|s| {
+                for (k, p) in pods.iter().enumerate() {
+                    let (barrier, results, id) = (&barrier, &results, &id);
+                    s.spawn(move || {
+                        barrier.wait();
+                        match meta.exec(verb, &id(k), p) {
+                            Ok(e) => results.lock().expect("results").push((k, verb, e)),
+                            Err(e) => eprintln!("{} burst {verb} {k}: {e}", sys.label()),
+                        }
+                    });
+                }
+            });
+        });
+        if phase.is_err() {
+            sampling.store(false, Ordering::SeqCst);
+        }
+        phase?;
+        wall.push(t.elapsed());
+    }
+    sampling.store(false, Ordering::SeqCst);
+    let _ = sampler.join();
+    let after = daemon.rss();
+    let results = results.into_inner().expect("results");
+    let mut failures: Vec<String> = Vec::new();
+    for (k, verb, e) in &results {
+        if !e.ok {
+            failures.push(format!("{} {verb}: {}", id(*k), e.output));
+        }
+        ops.push(Op {
+            sys,
+            scenario: "burst".into(),
+            verb,
+            elapsed: e.elapsed,
+            start_us: e.start_us,
+            end_us: e.end_us,
+        });
+    }
+    for (k, verb, e) in &results {
+        if *verb == "DEL" && !e.ok {
+            let _ = node_netns.run(|| meta.exec("DEL", &id(*k), &pods[*k]));
+        }
+    }
+    Ok(Burst {
+        before,
+        peak: peak.load(Ordering::SeqCst),
+        after,
+        wall,
+        failures,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
 // The audit log
 
 /// Requests by "verb resource".
@@ -530,17 +900,13 @@ type OpKind = (Sys, String, &'static str);
 
 /// Per (system, scenario, verb): the API requests made inside the operations' windows, per
 /// operation; plus the requests of each user outside every window.
-fn attribute(
-    ops: &[Op],
-    requests: &[ApiRequest],
-    user_of: &dyn Fn(Sys) -> &'static str,
-) -> (BTreeMap<OpKind, Counts>, BTreeMap<String, Counts>) {
+fn attribute(ops: &[Op], requests: &[ApiRequest]) -> (BTreeMap<OpKind, Counts>, BTreeMap<String, Counts>) {
     let mut inside: BTreeMap<OpKind, Counts> = BTreeMap::new();
     let mut outside: BTreeMap<String, Counts> = BTreeMap::new();
     for r in requests {
         let op = ops
             .iter()
-            .find(|o| user_of(o.sys) == r.user && o.start_us <= r.at_us && r.at_us <= o.end_us);
+            .find(|o| o.sys.user() == r.user && o.start_us <= r.at_us && r.at_us <= o.end_us);
         match op {
             Some(o) => {
                 *inside
@@ -614,6 +980,8 @@ fn run() -> Result<(), Error> {
     )?;
     for (p, what) in [
         (&opts.multus, "multus"),
+        (&opts.multus_shim, "multus-shim"),
+        (&opts.multus_daemon, "multus-daemon"),
         (&opts.tools_bin.join("kubectl"), "control-plane"),
     ] {
         require_file(p, &format!("tools/build --only {what}"))?;
@@ -621,6 +989,11 @@ fn run() -> Result<(), Error> {
     install_signal_handlers();
     println!("pod-bench: netattach {}", opts.netattach.display());
     println!("           multus    {} (thin)", opts.multus.display());
+    println!(
+        "           multus    {} + {} (thick)",
+        opts.multus_shim.display(),
+        opts.multus_daemon.display()
+    );
 
     let testenv = Testenv::get("pod-bench", 1)?;
     let kubectl = Kubectl {
@@ -649,7 +1022,7 @@ fn run() -> Result<(), Error> {
     )?;
 
     // --- API objects ----------------------------------------------------------------------
-    println!("  creating node {NODE}, namespace {NS}, NADs, pods and Multus' service account");
+    println!("  creating node {NODE}, namespace {NS}, NADs, pods and Multus' service accounts");
     let _objects = ApiObjects {
         kubectl: &kubectl,
         shared: testenv.is_shared(),
@@ -670,17 +1043,21 @@ fn run() -> Result<(), Error> {
     }
     let pod_name = |sys: Sys, nads: usize, j: usize| format!("{}-{nads}-{j}", sys.prefix());
     for nads in CONFIGS {
-        for sys in [Sys::Netattach, Sys::Multus] {
+        for sys in SYSTEMS {
             for j in 0..opts.pods {
                 objects.push(pod_object(&pod_name(sys, nads, j), nads));
             }
         }
     }
     kubectl.apply(objects)?;
-    let token = kubectl
-        .run(&["create", "token", "multus", "-n", NS, "--duration", "2h"], None)?
-        .trim()
-        .to_string();
+    let token = |sa: &str| -> Result<String, Error> {
+        Ok(kubectl
+            .run(&["create", "token", sa, "-n", NS, "--duration", "2h"], None)?
+            .trim()
+            .to_string())
+    };
+    let thick_token = token(THICK_SA)?;
+    let token = token(THIN_SA)?;
     let multus_kubeconfig = tmp.path().join("multus.kubeconfig");
     std::fs::write(
         &multus_kubeconfig,
@@ -786,6 +1163,22 @@ fn run() -> Result<(), Error> {
         daemon.pid(),
         t0.elapsed().as_millis()
     );
+    let thick_setup = ThickSetup {
+        exe: &opts.multus_daemon,
+        dir: tmp.path().join("thick"),
+        bin: &bin,
+        cluster: &cluster,
+        token: &thick_token,
+        ca: &testenv_dir.join("pki/ca.crt"),
+        api_port,
+    };
+    let t0 = Instant::now();
+    let (thick_daemon, thick_conf) = thick_setup.start(&node_netns)?;
+    println!(
+        "  multus-daemon pid {} ready after {} ms (healthz answered, 00-multus.conf written)",
+        thick_daemon.pid(),
+        t0.elapsed().as_millis()
+    );
 
     let cni_path = bin.display().to_string();
     let netattach = Meta {
@@ -798,6 +1191,7 @@ fn run() -> Result<(), Error> {
             "binDir": cni_path, "daemonSocket": socket.display().to_string(),
         }))?,
         cni_path: cni_path.clone(),
+        del_swallows_errors: false,
     };
     // What Multus' thin entrypoint generates on K3s (`delegates: [<master conflist>]`), with a
     // kubeconfig of the chart's `multus` service account.
@@ -811,7 +1205,16 @@ fn run() -> Result<(), Error> {
             "cniDir": multus_cni_dir.display().to_string(),
             "binDir": cni_path, "delegates": [cluster],
         }))?,
+        cni_path: cni_path.clone(),
+        del_swallows_errors: false,
+    };
+    // Multus thick: the shim gets the 00-multus.conf the daemon generated (what a runtime reads);
+    // the daemon overrides it key by key with its daemon-config.json and runs the delegates.
+    let thick = Meta {
+        exe: opts.multus_shim.clone(),
+        conf: thick_conf,
         cni_path,
+        del_swallows_errors: true,
     };
     let mut bare_delegates = vec![(
         "eth0".to_string(),
@@ -840,21 +1243,19 @@ fn run() -> Result<(), Error> {
     let mut bare_times: BTreeMap<(usize, &'static str), Vec<Duration>> = BTreeMap::new();
     let meta_of = |s: Sys| match s {
         Sys::Netattach => &netattach,
-        Sys::Multus => &multus,
-    };
-    let user_of = |s: Sys| match s {
-        Sys::Netattach => "netattach:node:node-1",
-        Sys::Multus => "system:serviceaccount:pod-bench:multus",
+        Sys::Thin => &multus,
+        Sys::Thick => &thick,
     };
 
     let mut ops: Vec<Op> = Vec::new();
     let rss_idle = daemon.rss();
+    let thick_rss_idle = thick_daemon.rss();
 
     // --- interleaved sequential ADD+DEL --------------------------------------------------------
     let pods: BTreeMap<(Sys, usize), Vec<PodRef>> = {
         let mut m = BTreeMap::new();
         for nads in CONFIGS {
-            for sys in [Sys::Netattach, Sys::Multus] {
+            for sys in SYSTEMS {
                 let v = (0..opts.pods)
                     .map(|j| pod_ref(&mut pod_ns, &pod_name(sys, nads, j)))
                     .collect::<Result<Vec<_>, _>>()?;
@@ -864,7 +1265,8 @@ fn run() -> Result<(), Error> {
         m
     };
     node_netns.run(|| -> Result<(), Error> {
-        // The daemon's cache must hold the pods first (the shim returns code 11 until it does).
+        // The daemons' caches must hold the pods first (netattach's shim returns code 11 until
+        // it does; multus-daemon would fall back to a GET after 2.5 s of polling its cache).
         for ((sys, _), list) in &pods {
             for p in list {
                 let id = format!("probe-{}", p.name);
@@ -894,11 +1296,9 @@ fn run() -> Result<(), Error> {
             let total = opts.warmup + opts.iterations;
             for i in 0..total {
                 check_interrupted()?;
-                let order = if i % 2 == 0 {
-                    [Sys::Netattach, Sys::Multus]
-                } else {
-                    [Sys::Multus, Sys::Netattach]
-                };
+                // Each system goes first, second and third equally often.
+                let mut order = SYSTEMS;
+                order.rotate_left(i % SYSTEMS.len());
                 for sys in order {
                     let list = &pods[&(sys, nads)];
                     let pod = &list[i % list.len()];
@@ -950,14 +1350,17 @@ fn run() -> Result<(), Error> {
                         ms(percentile(&d, 0.5))
                     };
                     println!(
-                        "    [{:>5.1}s] {}/{}: ADD p50 {} vs {}, DEL p50 {} vs {}",
+                        "    [{:>5.1}s] {}/{}: ADD p50 {} / {} / {}, DEL p50 {} / {} / {} \
+                         (netattach / thin / thick)",
                         started.elapsed().as_secs_f64(),
                         done - opts.warmup,
                         opts.iterations,
                         p50(Sys::Netattach, "ADD"),
-                        p50(Sys::Multus, "ADD"),
+                        p50(Sys::Thin, "ADD"),
+                        p50(Sys::Thick, "ADD"),
                         p50(Sys::Netattach, "DEL"),
-                        p50(Sys::Multus, "DEL"),
+                        p50(Sys::Thin, "DEL"),
+                        p50(Sys::Thick, "DEL"),
                     );
                 }
             }
@@ -965,12 +1368,14 @@ fn run() -> Result<(), Error> {
         Ok(())
     })??;
     let rss_after_seq = daemon.rss();
+    let thick_rss_after_seq = thick_daemon.rss();
 
     // --- burst -------------------------------------------------------------------------------
-    let mut burst_summary = None;
+    let mut bursts: Vec<(Sys, Burst)> = Vec::new();
     if opts.burst > 0 {
         println!(
-            "  burst: {} pods (1 NAD) created; {} concurrent netattach ADDs, then {} concurrent DELs",
+            "  burst: {} pods (1 NAD) created; for each daemon (netattach, then multus-thick) {} concurrent \
+             ADDs, then {} concurrent DELs",
             opts.burst, opts.burst, opts.burst
         );
         let names: Vec<String> = (0..opts.burst).map(|n| format!("burst-{n}")).collect();
@@ -999,102 +1404,18 @@ fn run() -> Result<(), Error> {
                 netns: pod_ns[n].path().to_path_buf(),
             });
         }
-        // Wait until the daemon's cache holds the last pod (the watch delivers in order).
-        let last = burst_pods.last().cloned().ok_or("no burst pods")?;
-        ops.push(Op {
-            sys: Sys::Netattach,
-            scenario: "setup".into(),
-            verb: "ADD",
-            elapsed: Duration::ZERO,
-            start_us: now_us(),
-            end_us: now_us() + 3_600_000_000,
-        });
-        let probe_op = ops.len() - 1;
-        node_netns.run(|| -> Result<(), Error> {
-            netattach.add_until_ok("burst-probe", &last, Duration::from_secs(30))?;
-            let d = netattach.exec("DEL", "burst-probe", &last)?;
-            if d.ok {
-                Ok(())
-            } else {
-                Err(format!("burst probe DEL: {}", d.output).into())
-            }
-        })??;
-        ops[probe_op].end_us = now_us();
-        std::thread::sleep(Duration::from_secs(1));
-        let rss_before_burst = daemon.rss();
-        let peak = Arc::new(AtomicU64::new(rss_before_burst.0));
-        let sampling = Arc::new(AtomicBool::new(true));
-        let sampler = {
-            let (peak, sampling) = (peak.clone(), sampling.clone());
-            let path = format!("/proc/{}/status", daemon.pid());
-            std::thread::spawn(move || {
-                while sampling.load(Ordering::SeqCst) {
-                    let rss = std::fs::read_to_string(&path)
-                        .ok()
-                        .and_then(|s| {
-                            s.lines()
-                                .find_map(|l| l.strip_prefix("VmRSS:"))
-                                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-                        })
-                        .unwrap_or(0);
-                    peak.fetch_max(rss, Ordering::SeqCst);
-                    std::thread::sleep(Duration::from_millis(2));
-                }
-            })
-        };
-        let results: Mutex<Vec<(usize, &'static str, Exec)>> = Mutex::new(Vec::new());
-        let mut phase_wall = Vec::new();
-        for verb in ["ADD", "DEL"] {
-            let barrier = Barrier::new(burst_pods.len());
-            let t = Instant::now();
-            node_netns.run(|| {
-                std::thread::scope(|s| {
-                    for (k, p) in burst_pods.iter().enumerate() {
-                        let (barrier, results, netattach) = (&barrier, &results, &netattach);
-                        s.spawn(move || {
-                            barrier.wait();
-                            let r = netattach.exec(verb, &format!("burst-{k}"), p);
-                            match r {
-                                Ok(e) => results.lock().expect("results").push((k, verb, e)),
-                                Err(e) => eprintln!("burst {verb} {k}: {e}"),
-                            }
-                        });
-                    }
-                });
-            })?;
-            phase_wall.push(t.elapsed());
+        for (sys, d) in [(Sys::Netattach, &daemon), (Sys::Thick, &thick_daemon)] {
+            check_interrupted()?;
+            let b = burst(sys, meta_of(sys), d, &node_netns, &burst_pods, &mut ops)?;
+            println!(
+                "    {}: ADD wall {:.2} s, DEL wall {:.2} s, {} failed",
+                sys.label(),
+                b.wall.first().copied().unwrap_or_default().as_secs_f64(),
+                b.wall.get(1).copied().unwrap_or_default().as_secs_f64(),
+                b.failures.len()
+            );
+            bursts.push((sys, b));
         }
-        sampling.store(false, Ordering::SeqCst);
-        let _ = sampler.join();
-        let rss_after_burst = daemon.rss();
-        let results = results.into_inner().expect("results");
-        let mut failures: Vec<String> = Vec::new();
-        for (k, verb, e) in &results {
-            if !e.ok {
-                failures.push(format!("burst-{k} {verb}: {}", e.output));
-            }
-            ops.push(Op {
-                sys: Sys::Netattach,
-                scenario: "burst".into(),
-                verb,
-                elapsed: e.elapsed,
-                start_us: e.start_us,
-                end_us: e.end_us,
-            });
-        }
-        // A failed ADD is still DELed above (every pod gets a DEL); retry failed DELs once.
-        for (k, verb, e) in &results {
-            if *verb == "DEL" && !e.ok {
-                let _ = node_netns.run(|| netattach.exec("DEL", &format!("burst-{k}"), &burst_pods[*k]));
-            }
-        }
-        burst_summary = Some((
-            rss_before_burst,
-            peak.load(Ordering::SeqCst),
-            rss_after_burst,
-            phase_wall,
-            failures,
-        ));
     }
 
     // --- nothing left --------------------------------------------------------------------------
@@ -1131,9 +1452,12 @@ fn run() -> Result<(), Error> {
             })
             .unwrap_or_default()
     };
+    let thick_cni_dir = thick_setup.cni_dir();
     for (what, dir) in [
         ("multus scratch cache", multus_cni_dir.clone()),
         ("multus libcni results", multus_cni_dir.join("results")),
+        ("multus-thick scratch cache", thick_cni_dir.clone()),
+        ("multus-thick libcni results", thick_cni_dir.join("results")),
         ("netattach records", tmp.path().join("netattach-state")),
     ] {
         let left = files(&dir);
@@ -1144,14 +1468,26 @@ fn run() -> Result<(), Error> {
 
     // --- API requests --------------------------------------------------------------------------
     std::thread::sleep(Duration::from_secs(1));
-    let requests = read_audit(&audit_log, &[user_of(Sys::Netattach), user_of(Sys::Multus)], 0)?;
-    let (inside, outside) = attribute(&ops, &requests, &user_of);
+    let users: Vec<&str> = SYSTEMS.iter().map(|s| s.user()).collect();
+    let requests = read_audit(&audit_log, &users, 0)?;
+    let (inside, outside) = attribute(&ops, &requests);
 
     // --- report ------------------------------------------------------------------------------
     println!();
     println!(
-        "{:<7} {:<4} {:>14} {:>14} {:>14} {:>14} {:>7} {:>7}",
-        "pods", "op", "netattach p50", "multus p50", "netattach p90", "multus p90", "ratio50", "ratio90"
+        "{:<7} {:<4} {:>13} {:>10} {:>10} {:>13} {:>10} {:>10} {:>7} {:>7} {:>8} {:>8}",
+        "pods",
+        "op",
+        "netattach p50",
+        "thin p50",
+        "thick p50",
+        "netattach p90",
+        "thin p90",
+        "thick p90",
+        "ratio50",
+        "ratio90",
+        "rthick50",
+        "rthick90"
     );
     let durations = |sys: Sys, scenario: &str, verb: &str| -> Vec<Duration> {
         ops.iter()
@@ -1163,50 +1499,59 @@ fn run() -> Result<(), Error> {
     for nads in CONFIGS {
         let scenario = format!("{nads} NAD");
         for verb in ["ADD", "DEL"] {
-            let a = durations(Sys::Netattach, &scenario, verb);
-            let b = durations(Sys::Multus, &scenario, verb);
-            let (a50, b50, a90, b90) = (
-                percentile(&a, 0.5),
-                percentile(&b, 0.5),
-                percentile(&a, 0.9),
-                percentile(&b, 0.9),
-            );
+            let p = |sys: Sys, q: f64| percentile(&durations(sys, &scenario, verb), q);
+            let (n50, t50, k50) = (p(Sys::Netattach, 0.5), p(Sys::Thin, 0.5), p(Sys::Thick, 0.5));
+            let (n90, t90, k90) = (p(Sys::Netattach, 0.9), p(Sys::Thin, 0.9), p(Sys::Thick, 0.9));
             println!(
-                "{:<7} {:<4} {:>14} {:>14} {:>14} {:>14} {:>7.2} {:>7.2}",
+                "{:<7} {:<4} {:>13} {:>10} {:>10} {:>13} {:>10} {:>10} {:>7.2} {:>7.2} {:>8.2} {:>8.2}",
                 scenario,
                 verb,
-                ms(a50),
-                ms(b50),
-                ms(a90),
-                ms(b90),
-                ratio(a50, b50),
-                ratio(a90, b90)
+                ms(n50),
+                ms(t50),
+                ms(k50),
+                ms(n90),
+                ms(t90),
+                ms(k90),
+                ratio(n50, t50),
+                ratio(n90, t90),
+                ratio(n50, k50),
+                ratio(n90, k90)
             );
         }
     }
     println!(
-        "  ({} measured ADD+DEL per system and pod shape; ratio = netattach / multus; target ADD ratio <= 0.30)",
+        "  ({} measured ADD+DEL per system and pod shape; ratio = netattach / multus thin, target ADD \
+         ratio50 <= 0.30; rthick = netattach / multus thick)",
         opts.iterations
     );
     println!();
     println!(
-        "{:<7} {:<4} {:>14} {:>19} {:>19} {:>7}",
-        "pods", "op", "delegates p50", "netattach overhead", "multus overhead", "ratio"
+        "{:<7} {:<4} {:>13} {:>18} {:>13} {:>14} {:>7} {:>7}",
+        "pods",
+        "op",
+        "delegates p50",
+        "netattach overhead",
+        "thin overhead",
+        "thick overhead",
+        "ratio",
+        "rthick"
     );
     for nads in CONFIGS {
         let scenario = format!("{nads} NAD");
         for verb in ["ADD", "DEL"] {
             let floor = percentile(bare_times.get(&(nads, verb)).map_or(&[][..], Vec::as_slice), 0.5);
             let over = |sys: Sys| percentile(&durations(sys, &scenario, verb), 0.5).saturating_sub(floor);
-            let (a, b) = (over(Sys::Netattach), over(Sys::Multus));
+            let (a, b, c) = (over(Sys::Netattach), over(Sys::Thin), over(Sys::Thick));
             println!(
-                "{:<7} {:<4} {:>14} {:>19} {:>19} {:>7.2}",
+                "{:<7} {:<4} {:>13} {:>18} {:>13} {:>14} {:>7.2} {:>7.2}",
                 scenario,
                 verb,
                 ms(floor),
                 ms(a),
                 ms(b),
-                ratio(a, b)
+                ms(c),
+                ratio(a, b),
+                ratio(a, c)
             );
         }
     }
@@ -1216,40 +1561,42 @@ fn run() -> Result<(), Error> {
     );
     println!();
     println!(
-        "API requests per pod operation (apiserver audit log; users {} and {}):",
-        user_of(Sys::Netattach),
-        user_of(Sys::Multus)
+        "API requests per pod operation (apiserver audit log; users {}):",
+        users.join(", ")
     );
+    let count_ops = |sys: Sys, scenario: &str, verb: &str| {
+        ops.iter()
+            .filter(|o| o.sys == sys && o.scenario == scenario && o.verb == verb)
+            .count()
+    };
     for nads in CONFIGS {
         let scenario = format!("{nads} NAD");
         for verb in ["ADD", "DEL"] {
-            for sys in [Sys::Netattach, Sys::Multus] {
-                let n = ops
-                    .iter()
-                    .filter(|o| o.sys == sys && o.scenario == scenario && o.verb == verb)
-                    .count();
+            for sys in SYSTEMS {
                 println!(
                     "  {:<6} {:<4} {:<12} {}",
                     scenario,
                     verb,
                     sys.label(),
-                    describe_counts(inside.get(&(sys, scenario.clone(), verb)), n)
+                    describe_counts(
+                        inside.get(&(sys, scenario.clone(), verb)),
+                        count_ops(sys, &scenario, verb)
+                    )
                 );
             }
         }
     }
-    if let Some((_, _, _, _, _)) = &burst_summary {
+    for (sys, _) in &bursts {
         for verb in ["ADD", "DEL"] {
-            let n = ops
-                .iter()
-                .filter(|o| o.scenario == "burst" && o.verb == verb)
-                .count();
             println!(
                 "  {:<6} {:<4} {:<12} {}",
                 "burst",
                 verb,
-                "netattach",
-                describe_counts(inside.get(&(Sys::Netattach, "burst".to_string(), verb)), n)
+                sys.label(),
+                describe_counts(
+                    inside.get(&(*sys, "burst".to_string(), verb)),
+                    count_ops(*sys, "burst", verb)
+                )
             );
         }
     }
@@ -1259,38 +1606,73 @@ fn run() -> Result<(), Error> {
     }
     println!("  (target for netattach: no API read and at most 1 write per ADD)");
     println!();
-    println!(
-        "daemon RSS (VmRSS): idle after sync {}, after the sequential runs {} (VmHWM so far {})",
-        mib(rss_idle.0),
-        mib(rss_after_seq.0),
-        mib(rss_after_seq.1)
-    );
-    if let Some((before, peak, after, wall, failures)) = &burst_summary {
-        let adds = durations(Sys::Netattach, "burst", "ADD");
-        let dels = durations(Sys::Netattach, "burst", "DEL");
+    println!("daemon RSS (VmRSS; the daemon process alone, not the delegates it runs):");
+    for (label, idle, seq) in [
+        ("netattach daemon", rss_idle, rss_after_seq),
+        ("multus-daemon", thick_rss_idle, thick_rss_after_seq),
+    ] {
         println!(
-            "burst of {} concurrent ADDs: VmRSS before {}, peak sampled {}, VmHWM {} (after DELs: VmRSS {})",
-            opts.burst,
-            mib(before.0),
-            mib(*peak),
-            mib(after.1),
-            mib(after.0)
+            "  {label:<16} idle after sync {}, after the sequential runs {} (VmHWM so far {})",
+            mib(idle.0),
+            mib(seq.0),
+            mib(seq.1)
+        );
+    }
+    if !bursts.is_empty() {
+        println!(
+            "burst of {} concurrent ADDs, then as many concurrent DELs:",
+            opts.burst
+        );
+    }
+    for (sys, b) in &bursts {
+        let adds = durations(*sys, "burst", "ADD");
+        let dels = durations(*sys, "burst", "DEL");
+        let label = match sys {
+            Sys::Thick => "multus-daemon",
+            _ => "netattach daemon",
+        };
+        println!(
+            "  {label:<16} VmRSS before {}, peak sampled {}, VmHWM {} (after DELs: VmRSS {})",
+            mib(b.before.0),
+            mib(b.peak),
+            mib(b.after.1),
+            mib(b.after.0)
         );
         println!(
-            "  ADD wall {:.2} s, per-ADD p50 {} p90 {} max {}; DEL wall {:.2} s, p50 {} p90 {}; failures {}",
-            wall.first().copied().unwrap_or_default().as_secs_f64(),
+            "  {:<16} ADD wall {:.2} s, per-ADD p50 {} p90 {} max {}; DEL wall {:.2} s, p50 {} p90 {}; \
+             failures {}",
+            "",
+            b.wall.first().copied().unwrap_or_default().as_secs_f64(),
             ms(percentile(&adds, 0.5)),
             ms(percentile(&adds, 0.9)),
             ms(percentile(&adds, 1.0)),
-            wall.get(1).copied().unwrap_or_default().as_secs_f64(),
+            b.wall.get(1).copied().unwrap_or_default().as_secs_f64(),
             ms(percentile(&dels, 0.5)),
             ms(percentile(&dels, 0.9)),
-            failures.len()
+            b.failures.len()
         );
-        for f in failures.iter().take(5) {
+        for f in b.failures.iter().take(5) {
             println!("    {f}");
         }
-        println!("  (targets: idle <= 20 MiB, burst <= 40 MiB)");
+    }
+    println!("  (targets for netattach's daemon: idle <= 20 MiB, burst <= 40 MiB)");
+    // What multus-daemon logged at level error (it answers some failures with success: DEL).
+    let thick_errors: Vec<String> = std::fs::read_to_string(thick_setup.log())
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("[error]") || l.contains("[panic]"))
+        .map(str::to_string)
+        .collect();
+    if !thick_errors.is_empty() {
+        println!();
+        println!(
+            "multus-daemon logged {} errors ({}), the first:",
+            thick_errors.len(),
+            thick_setup.log().display()
+        );
+        for l in thick_errors.iter().take(5) {
+            println!("    {l}");
+        }
     }
     if !leftovers.is_empty() {
         println!();
@@ -1299,12 +1681,12 @@ fn run() -> Result<(), Error> {
         }
         return Err(format!("{} kinds of leftovers after DEL", leftovers.len()).into());
     }
-    if let Some((_, _, _, _, failures)) = &burst_summary
-        && !failures.is_empty()
-    {
-        return Err(format!("{} burst operations failed", failures.len()).into());
+    let failed: usize = bursts.iter().map(|(_, b)| b.failures.len()).sum();
+    if failed > 0 {
+        return Err(format!("{failed} burst operations failed").into());
     }
     drop(pod_ns);
+    drop(thick_daemon);
     drop(daemon);
     drop(switch);
     drop(node);
