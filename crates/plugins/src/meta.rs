@@ -283,17 +283,31 @@ impl Meta {
         }
 
         let last = rec.delegates.len().saturating_sub(1);
-        if let Err(e) = record::write_atomic(&meta.cni_dir, &rec) {
-            let e = CniError::from(e);
+        // The results are recorded (two fsyncs) while the daemon publishes the status (an API
+        // round trip): neither waits for the other. Should the record fail after the status
+        // went out, the teardown below leaves a status naming interfaces that are gone, on a
+        // sandbox the runtime discards; its next ADD writes the status again.
+        let (recorded, published) = std::thread::scope(|scope| {
+            let recording = scope.spawn(|| {
+                record::write_atomic(&meta.cni_dir, &rec)
+                    .map(|_| ())
+                    .map_err(CniError::from)
+            });
+            let published = match (&lookup.pod, statuses(&rec.delegates)) {
+                (Some(p), Ok(st)) => source::publish(meta, p, &st),
+                (None, Ok(_)) => Ok(()),
+                (_, Err(e)) => Err(e),
+            };
+            let recorded = match recording.join() {
+                Ok(written) => written,
+                Err(_) => Err(CniError::internal("recording the results panicked")),
+            };
+            (recorded, published)
+        });
+        if let Err(e) = recorded {
             tracing::error!(error = %e, "recording the results failed; tearing down");
             return Err(self.abort(meta, &rec, last, &pod_args, netns, &path, &who, e));
         }
-        let status = statuses(&rec.delegates);
-        let published = match (&lookup.pod, status) {
-            (Some(p), Ok(st)) => source::publish(meta, p, &st),
-            (None, Ok(_)) => Ok(()),
-            (_, Err(e)) => Err(e),
-        };
         if let Err(e) = published {
             let e = CniError::try_again(format!(
                 "{who}: every network was attached but the network-status could not be published ({}); everything was torn down so the pod never runs without its status",
