@@ -299,6 +299,104 @@ fn delegates_of_this_binary_run_in_process_and_others_are_executed_alike() {
     assert_eq!(outcomes[0], outcomes[1], "the same pod either way");
 }
 
+/// `default-route` as Multus applies it: the cluster network (whose IPAM gives it a default
+/// route) loses its IPv4 default route, the asking attachment gets one via the requested
+/// gateway, and the results — the ADD's own, the record, the network-status `gateway` — say
+/// so. A pod without the key keeps the cluster network's default route.
+#[test]
+fn default_route_moves_the_default_route_to_the_asking_interface() {
+    let lab = Lab::new();
+    // The cluster network hands out a default route via 198.19.0.254.
+    let mut cluster_ipam = lab.ipam(CLUSTER_RANGE);
+    cluster_ipam["gateway"] = json!("198.19.0.254");
+    cluster_ipam["routes"] = json!([{"dst": "0.0.0.0/0"}]);
+    let cluster = json!({
+        "cniVersion": "1.1.0",
+        "name": "cbr0",
+        "plugins": [{"type": "macvlan", "master": CLUSTER_MASTER, "mode": "bridge", "ipam": cluster_ipam}],
+    });
+    std::fs::write(
+        lab.conf_dir.path().join("10-cluster.conflist"),
+        cluster.to_string(),
+    )
+    .expect("conflist");
+    lab.nad("default", "a", "stor0", "198.18.5.0/24");
+    lab.nad("default", "b", "stor0", "198.18.6.0/24");
+    let conf = lab.meta_conf();
+    let defaults = |pod: &Pod| -> Vec<(String, Option<std::net::IpAddr>)> {
+        let names: BTreeMap<u32, String> = pod
+            .ns
+            .link_names()
+            .into_iter()
+            .map(|n| (pod.ns.expect_link(&n).index, n))
+            .collect();
+        pod.ns
+            .routes()
+            .into_iter()
+            .filter(|r| r.dst.prefix_len() == 0 && r.table == Some(254))
+            .map(|r| {
+                (
+                    r.oif.and_then(|i| names.get(&i).cloned()).unwrap_or_default(),
+                    r.gateway,
+                )
+            })
+            .collect()
+    };
+
+    let plain = lab.pod("default", "plain", Some("a"));
+    lab.meta()
+        .add(&plain.att, &conf)
+        .expect("ADD without default-route");
+    assert_eq!(
+        defaults(&plain),
+        vec![("eth0".to_string(), Some("198.19.0.254".parse().expect("ip")))]
+    );
+
+    let asking = r#"[{"name":"a"},{"name":"b","default-route":["198.18.6.254"]}]"#;
+    let pod = lab.pod("default", "routed", Some(asking));
+    let result = lab.meta().add(&pod.att, &conf).expect("ADD with default-route");
+    assert_eq!(
+        defaults(&pod),
+        vec![("net2".to_string(), Some("198.18.6.254".parse().expect("ip")))],
+        "only net2 carries the default route"
+    );
+    let result_defaults: Vec<&Value> = result["routes"]
+        .as_array()
+        .map(|r| r.iter().filter(|r| r["dst"] == "0.0.0.0/0").collect())
+        .unwrap_or_default();
+    assert!(
+        result_defaults.is_empty(),
+        "the cluster network's result lost its default route: {result}"
+    );
+    let status = lab.status_of("default", "routed");
+    let gateways: Vec<(&str, &Value)> = status
+        .iter()
+        .map(|s| (s["interface"].as_str().unwrap_or(""), &s["gateway"]))
+        .collect();
+    assert_eq!(
+        gateways
+            .iter()
+            .find(|(i, _)| *i == "net2")
+            .map(|(_, g)| (*g).clone()),
+        Some(json!(["198.18.6.254"])),
+        "{status:?}"
+    );
+    assert!(
+        gateways
+            .iter()
+            .filter(|(i, _)| *i != "net2")
+            .all(|(_, g)| g.is_null() || **g == json!([])),
+        "no other interface names a gateway: {status:?}"
+    );
+    // CHECK compares the pod with the patched results.
+    assert!(lab.meta().invoke("CHECK", &pod.att, &conf).success());
+
+    lab.meta().del(&plain.att, &conf).expect("DEL");
+    lab.meta().del(&pod.att, &conf).expect("DEL");
+    lab.assert_clean(&plain);
+    lab.assert_clean(&pod);
+}
+
 #[test]
 fn comma_form_named_attachment_uses_up_its_index() {
     let lab = Lab::new();

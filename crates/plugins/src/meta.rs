@@ -29,10 +29,13 @@
 //! - after a failed ADD whose teardown fully succeeded, the record is removed (nothing is left);
 //! - CHECK covers secondary networks; GC covers secondary networks (Multus only the cluster
 //!   network), and refuses to forward GC to secondary networks when a live container's
-//!   interfaces are unknown, so a lost record can never free a live address;
-//! - default-route filtering (`default-route` in the annotation) is resolved but not applied to
-//!   the results yet.
+//!   interfaces are unknown, so a lost record can never free a live address.
+//!
+//! `default-route` in the annotation is applied after each delegate as Multus does
+//! ([`default_route`]): the other interfaces lose their default routes of that family, the
+//! asking one gets a default route via the requested gateway, and the results say so.
 
+mod default_route;
 mod runner;
 pub mod source;
 
@@ -251,16 +254,18 @@ impl Meta {
         );
         record::write_atomic(&meta.cni_dir, &rec)?;
 
-        for i in 0..rec.delegates.len() {
-            let outcome = args_string(&pod_args, &rec.delegates[i]).and_then(|args| {
-                let env = Env {
-                    container_id: cid,
-                    netns,
-                    args,
-                    path: &path,
-                };
-                runner::add(&rec.delegates[i], &env)
-            });
+        for (i, delegate) in delegates.iter().enumerate() {
+            let outcome = args_string(&pod_args, &rec.delegates[i])
+                .and_then(|args| {
+                    let env = Env {
+                        container_id: cid,
+                        netns,
+                        args,
+                        path: &path,
+                    };
+                    runner::add(&rec.delegates[i], &env)
+                })
+                .and_then(|result| default_route::apply(delegate, netns, result));
             // Results go into the record once, after the last delegate: a DEL that finds the
             // record from before that write still undoes everything (prevResult is optional).
             let failure = match outcome {
