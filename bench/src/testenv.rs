@@ -171,6 +171,24 @@ impl Kubectl {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// Deletes every pod of `namespace` at once, forced: there is no kubelet to confirm a
+    /// graceful delete, so without it the pods (and their namespace) stay Terminating.
+    pub fn force_delete_pods(&self, namespace: &str) -> Result<String, Error> {
+        self.run(
+            &[
+                "delete",
+                "pods",
+                "--all",
+                "-n",
+                namespace,
+                "--grace-period=0",
+                "--force",
+                "--wait=false",
+            ],
+            None,
+        )
+    }
+
     pub fn apply(&self, objects: Vec<Value>) -> Result<(), Error> {
         let list = json!({"apiVersion": "v1", "kind": "List", "items": objects});
         self.run(

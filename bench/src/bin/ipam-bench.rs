@@ -503,19 +503,7 @@ fn create_pods(kubectl: &Kubectl, nodes: &[(String, PathBuf)], pods: &mut [&mut 
 /// run does not share the API server with the deletions. (`kubectl delete --wait` waits for
 /// one pod after the other: minutes for a thousand.)
 fn delete_pods(kubectl: &Kubectl) -> Result<(), Error> {
-    kubectl.run(
-        &[
-            "delete",
-            "pods",
-            "--all",
-            "-n",
-            NS,
-            "--grace-period=0",
-            "--force",
-            "--wait=false",
-        ],
-        None,
-    )?;
+    kubectl.force_delete_pods(NS)?;
     let deadline = Instant::now() + Duration::from_secs(60);
     while !kubectl
         .run(&["get", "pods", "-n", NS, "-o", "name"], None)?

@@ -208,19 +208,7 @@ impl Drop for ApiObjects<'_> {
         if self.shared {
             // No kubelet confirms the deletion of a pod bound to a node: without a forced
             // delete the namespace would stay Terminating and the next run could not start.
-            let _ = self.kubectl.run(
-                &[
-                    "delete",
-                    "pods",
-                    "--all",
-                    "-n",
-                    NS,
-                    "--grace-period=0",
-                    "--force",
-                    "--wait=false",
-                ],
-                None,
-            );
+            let _ = self.kubectl.force_delete_pods(NS);
             let _ = self.kubectl.run(
                 &["delete", "namespace", NS, "--wait=false", "--ignore-not-found"],
                 None,
