@@ -542,7 +542,7 @@ fn vepa_mode_reaches_same_node_pods_through_the_switch() {
 
 /// How to run the test that needs an API server.
 const HOW_TO_RUN_WITH_K8S: &str =
-    "tools/test-k8s env CARGO_TARGET_DIR=/work/main/target/labk cargo test -p netattach --test lab";
+    "tools/test-k8s env CARGO_TARGET_DIR=target/labk cargo test -p netattach --test lab";
 
 /// `netattach daemon` processes serving a lab node (their socket is under the lab directory).
 fn lab_daemons() -> Vec<String> {
