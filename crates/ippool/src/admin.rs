@@ -21,7 +21,7 @@ use netattach_ipam::error::IpamError;
 use netattach_ipam::pool::{self, OffsetRelease, PoolDoc, Reservation};
 
 use crate::crd::{doc_from_pool, orip_name};
-use crate::store::KubeIpam;
+use crate::store::{KubeIpam, UnreadablePool};
 
 /// Whether the pod an allocation names still runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -239,14 +239,16 @@ const POD_READ_FIX: &str = "give the kubeconfig's identity get/list on pods (the
                             has them), or check that the API server is reachable and retry";
 
 impl KubeIpam {
-    /// Every pool of the namespace, as documents by name (one LIST).
-    pub async fn read_pools(&self) -> Result<BTreeMap<String, PoolDoc>, IpamError> {
-        Ok(self
-            .list_pools()
-            .await?
+    /// Every pool of the namespace, as documents by name (one LIST), and the pools that cannot
+    /// be understood.
+    pub async fn read_pools(&self) -> Result<(BTreeMap<String, PoolDoc>, Vec<UnreadablePool>), IpamError> {
+        let listed = self.list_pools().await?;
+        let docs = listed
+            .pools
             .into_iter()
             .map(|(p, d)| (p.metadata.name.unwrap_or_default(), d))
-            .collect())
+            .collect();
+        Ok((docs, listed.unreadable))
     }
 
     /// One pool as a document (a quorum GET); `None` when it does not exist.

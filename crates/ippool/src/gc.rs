@@ -59,10 +59,15 @@ impl KubeIpam {
     ///
     /// # Errors
     ///
-    /// When the pools cannot be listed or one of them cannot be understood.
+    /// When the pools cannot be listed. A pool that cannot be understood is left out with a
+    /// warning: collection goes on for every other pool.
     pub async fn held_addresses(&self) -> Result<Vec<HeldAddress>, IpamError> {
         let mut out = Vec::new();
-        for (pool, doc) in self.list_pools().await? {
+        for (pool, doc) in self
+            .list_pools()
+            .await?
+            .readable(self.namespace(), "garbage collection")
+        {
             let name = pool.metadata.name.unwrap_or_default();
             for (offset, r) in &doc.allocations {
                 let Some(ip) = doc.ip_at(*offset) else { continue };

@@ -30,5 +30,7 @@ pub use crd::{
     IPAllocation, IPPool, IPPoolSpec, OverlappingRangeIPReservation, OverlappingRangeIPReservationSpec,
 };
 pub use retry::RetryPolicy;
-pub use store::{DEFAULT_NAMESPACE, KubeIpam, KubeStore, StatsSnapshot, pool_namespace};
+pub use store::{
+    DEFAULT_NAMESPACE, KubeIpam, KubeStore, ListedPools, StatsSnapshot, UnreadablePool, pool_namespace,
+};
 pub use usage::{PoolUsage, pool_usages, render_prometheus};

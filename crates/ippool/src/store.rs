@@ -245,6 +245,41 @@ pub fn replacement(base: &IPPool, spec: IPPoolSpec) -> Option<IPPool> {
     Some(obj)
 }
 
+/// An `IPPool` object this program cannot understand: its range, or an allocation's offset,
+/// does not parse (a hand edit, another tool's bug).
+#[derive(Debug)]
+pub struct UnreadablePool {
+    /// The object's name.
+    pub name: String,
+    /// What is wrong with it (names the object and the field).
+    pub error: IpamError,
+}
+
+/// The pools of a namespace as one LIST returned them.
+#[derive(Debug, Default)]
+pub struct ListedPools {
+    /// The pools understood, each with its document.
+    pub pools: Vec<(IPPool, PoolDoc)>,
+    /// The pools that are not.
+    pub unreadable: Vec<UnreadablePool>,
+}
+
+impl ListedPools {
+    /// The pools understood; each one that is not gets a warning saying what it is left out of
+    /// and how to repair it.
+    pub fn readable(self, namespace: &str, left_out_of: &str) -> Vec<(IPPool, PoolDoc)> {
+        for u in &self.unreadable {
+            tracing::warn!(
+                pool = %format!("{namespace}/{}", u.name),
+                error = %u.error,
+                "IPPool left out of {left_out_of}: it cannot be understood; fix: repair or delete the object \
+                 (`netattach ipam ls` lists every such pool)"
+            );
+        }
+        self.pools
+    }
+}
+
 /// The namespace whereabouts keeps its objects in: the current context's, else `kube-system`.
 fn context_namespace(kc: &Kubeconfig) -> String {
     kc.current_context
@@ -540,8 +575,9 @@ impl KubeIpam {
         }
     }
 
-    /// All pools of the namespace, as documents.
-    pub(crate) async fn list_pools(&self) -> Result<Vec<(IPPool, PoolDoc)>, IpamError> {
+    /// All pools of the namespace, as documents; those that cannot be understood are set apart
+    /// (one such object must not stop listing, CHECK, DEL or GC for every other pool).
+    pub(crate) async fn list_pools(&self) -> Result<ListedPools, IpamError> {
         let deadline = self.retry.deadline();
         let mut attempt = 0;
         let list = loop {
@@ -566,11 +602,13 @@ impl KubeIpam {
                 }
             }
         };
-        let mut out = Vec::with_capacity(list.items.len());
+        let mut out = ListedPools::default();
         for p in list.items {
             let name = p.metadata.name.clone().unwrap_or_default();
-            let doc = doc_from_pool(&self.namespace, &name, &p.spec)?;
-            out.push((p, doc));
+            match doc_from_pool(&self.namespace, &name, &p.spec) {
+                Ok(doc) => out.pools.push((p, doc)),
+                Err(error) => out.unreadable.push(UnreadablePool { name, error }),
+            }
         }
         Ok(out)
     }
@@ -888,6 +926,7 @@ impl KubeIpam {
         let pools: Vec<(String, Option<IPPool>)> = self
             .list_pools()
             .await?
+            .readable(&self.namespace, "this release")
             .into_iter()
             .filter(|(_, doc)| {
                 doc.allocations
@@ -913,6 +952,7 @@ impl KubeIpam {
         let docs: BTreeMap<String, PoolDoc> = self
             .list_pools()
             .await?
+            .readable(&self.namespace, "the allocation list")
             .into_iter()
             .map(|(p, d)| (p.metadata.name.unwrap_or_default(), d))
             .collect();
@@ -945,6 +985,7 @@ impl KubeIpam {
         let docs: BTreeMap<String, PoolDoc> = self
             .list_pools()
             .await?
+            .readable(&self.namespace, "this CHECK")
             .into_iter()
             .map(|(p, d)| (p.metadata.name.unwrap_or_default(), d))
             .collect();

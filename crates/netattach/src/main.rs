@@ -231,7 +231,18 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
         Cmd::Ipam { command } => {
             use netattach_plugins::ipam_admin;
             let out = match command {
-                IpamCmd::Ls { store, json } => ipam_admin::ls(&store.selection(), json)?,
+                IpamCmd::Ls { store, json } => {
+                    let listing = ipam_admin::ls(&store.selection(), json)?;
+                    print!("{}", listing.report);
+                    for problem in &listing.unreadable {
+                        eprintln!("netattach: {problem}");
+                    }
+                    return Ok(if listing.unreadable.is_empty() {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    });
+                }
                 IpamCmd::Show { pool, store, json } => ipam_admin::show(&store.selection(), &pool, json)?,
                 IpamCmd::Release {
                     pool,

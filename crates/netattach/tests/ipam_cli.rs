@@ -496,3 +496,75 @@ async fn local_store_release_checks_the_pod_in_the_cluster() {
     );
     assert!(shown.contains(&format!("local store `{local}`")), "{shown}");
 }
+
+/// One IPPool that cannot be understood (an allocation key that is not an offset, as a hand
+/// edit leaves it) must not blind the tools to the others: `ipam ls` lists every readable pool
+/// and names the bad one on stderr with a failing exit status; garbage collection's view, CHECK
+/// and a release across the namespace's pools all go on without it.
+#[tokio::test]
+async fn an_unreadable_pool_is_named_and_hides_no_other_pool() {
+    let cluster = netattach_testenv::cluster().await;
+    let ns = cluster.namespace("ipam-cli-corrupt").await;
+    let admin = cluster.admin_client();
+    let kc = cluster.admin_kubeconfig();
+    let kc = kc.to_str().expect("utf8 path");
+    let ipam = KubeIpam::new(admin.clone(), ns.name());
+    let podref = format!("{}/web", ns.name());
+    let good = allocate(&ipam, "198.18.53.0/24", "good", &podref, true).await;
+
+    let bad_name = "bad-198.18.54.0-24";
+    let bad: IPPool = serde_json::from_value(json!({
+        "apiVersion": "whereabouts.cni.cncf.io/v1alpha1",
+        "kind": "IPPool",
+        "metadata": {"name": bad_name},
+        "spec": {
+            "range": "198.18.54.0/24",
+            "allocations": {"not-an-offset": {"id": "c0", "podref": format!("{}/x", ns.name()), "ifname": "net1"}},
+        },
+    }))
+    .expect("pool");
+    Api::<IPPool>::namespaced(admin.clone(), ns.name())
+        .create(&PostParams::default(), &bad)
+        .await
+        .expect("the CRD's schema accepts any allocation key");
+    let (version, _) = stored(&admin, ns.name(), bad_name).await;
+
+    let sel = ["--kubeconfig", kc, "--namespace", ns.name()];
+    let ls = netattach(&with(&["ipam", "ls"], &sel));
+    assert!(!ls.ok, "a listing with a pool left out must fail:\n{}", ls.stdout);
+    assert_eq!(row(&ls.stdout, &good.ip.to_string())[2], podref, "{}", ls.stdout);
+    assert!(ls.stdout.contains("1 allocation(s)"), "{}", ls.stdout);
+    assert!(
+        ls.stderr
+            .contains(&format!("IPPool `{}/{bad_name}` is left out", ns.name()))
+            && ls.stderr.contains("`not-an-offset` is not a decimal offset"),
+        "stderr names the pool and what is wrong: {}",
+        ls.stderr
+    );
+    let json = netattach(&with(&["ipam", "ls", "--json"], &sel));
+    let items: Value = serde_json::from_str(&json.stdout).expect("ls --json still prints JSON");
+    assert_eq!(items.as_array().map(Vec::len), Some(1), "{items}");
+    assert!(!json.ok && json.stderr.contains(bad_name), "{}", json.stderr);
+
+    // Garbage collection's view, CHECK and a namespace-wide release (the plugin's direct DEL).
+    let held = ipam.held_addresses().await.expect("GC lists the readable pools");
+    assert_eq!(held.iter().map(|h| h.ip).collect::<Vec<_>>(), vec![good.ip]);
+    let owner = Owner::new(
+        good.container_id.clone(),
+        good.podref.clone(),
+        good.ifname.clone(),
+    );
+    let checked = ipam.check(&owner).await.expect("CHECK");
+    assert_eq!(checked.iter().map(|a| a.ip).collect::<Vec<_>>(), vec![good.ip]);
+    let freed = ipam.release(&owner).await.expect("release");
+    assert_eq!(freed.iter().map(|a| a.ip).collect::<Vec<_>>(), vec![good.ip]);
+    assert!(ipam.held_addresses().await.expect("GC view").is_empty());
+    assert!(
+        !has_orip(&admin, ns.name(), good.ip, "good").await,
+        "the reservation went with it"
+    );
+    // The unreadable pool itself is never rewritten.
+    let (version_after, allocations) = stored(&admin, ns.name(), bad_name).await;
+    assert_eq!(version_after, version);
+    assert_eq!(allocations.keys().collect::<Vec<_>>(), ["not-an-offset"]);
+}

@@ -277,11 +277,36 @@ impl Backend {
         }
     }
 
-    fn docs(&self) -> Result<BTreeMap<String, PoolDoc>, AdminError> {
+    /// The pools understood, by name, and a description of each one that is not (cluster
+    /// objects only: a corrupt local store file fails the whole store).
+    fn docs_and_unreadable(&self) -> Result<(BTreeMap<String, PoolDoc>, Vec<String>), AdminError> {
         Ok(match self {
-            Backend::Cluster(k) => k.block_on(k.ipam().read_pools())?,
-            Backend::Local { store, .. } => store.pools()?,
+            Backend::Cluster(k) => {
+                let (docs, unreadable) = k.block_on(k.ipam().read_pools())?;
+                let unreadable = unreadable
+                    .into_iter()
+                    .map(|u| {
+                        format!(
+                            "IPPool `{}/{}` is left out: {}",
+                            self.namespace(),
+                            u.name,
+                            u.error
+                        )
+                    })
+                    .collect();
+                (docs, unreadable)
+            }
+            Backend::Local { store, .. } => (store.pools()?, Vec::new()),
         })
+    }
+
+    /// The pools understood, by name; each one that is not gets a warning.
+    fn docs(&self) -> Result<BTreeMap<String, PoolDoc>, AdminError> {
+        let (docs, unreadable) = self.docs_and_unreadable()?;
+        for u in unreadable {
+            tracing::warn!("{u}");
+        }
+        Ok(docs)
     }
 
     fn doc(&self, pool: &str) -> Result<PoolDoc, AdminError> {
@@ -365,12 +390,27 @@ impl Backend {
     }
 }
 
+/// What `netattach ipam ls` found.
+#[derive(Debug)]
+pub struct Listing {
+    /// The table (or JSON) of every held address of the pools that could be read.
+    pub report: String,
+    /// One line per pool that could not be understood and is missing from the report, saying
+    /// what is wrong with it and how to repair it.
+    pub unreadable: Vec<String>,
+}
+
 /// `netattach ipam ls`: every held address of the selected store with its pod, node and age.
-pub fn ls(sel: &StoreSelection, as_json: bool) -> Result<String, AdminError> {
+/// A pool that cannot be understood does not hide the others: it is named in
+/// [`Listing::unreadable`].
+pub fn ls(sel: &StoreSelection, as_json: bool) -> Result<Listing, AdminError> {
     let backend = sel.open()?;
-    let docs = backend.docs()?;
+    let (docs, unreadable) = backend.docs_and_unreadable()?;
     let held = backend.holdings_of(&docs)?;
-    Ok(ipam_report::render_holdings(&held, unix_now(), as_json))
+    Ok(Listing {
+        report: ipam_report::render_holdings(&held, unix_now(), as_json),
+        unreadable,
+    })
 }
 
 /// `netattach ipam show POOL`: the pool's range and usage, then its allocations.
