@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher::{self, watcher};
@@ -30,6 +31,7 @@ use kube::{Api, Client};
 use netattach_cluster::daemon_api::{IpamFailure, Response};
 use netattach_ipam::error::{ErrorKind, IpamError};
 use netattach_ipam::store::{AllocationRequest, Owner};
+use netattach_ippool::turn::{TURN_LABEL, Turns};
 use netattach_ippool::{BatchingIpam, IPPool, KubeIpam, RetryPolicy};
 use serde::{Deserialize, Serialize};
 
@@ -70,6 +72,8 @@ pub struct IpamService {
     queue_dir: PathBuf,
     /// Every IPPool (for the per-pool gauges).
     pools: Store<IPPool>,
+    /// This node's turns at contended pools, over a watch of every node's turn Leases.
+    turns: Turns,
     /// Serialises drains (the periodic one and one triggered by a success).
     draining: tokio::sync::Mutex<()>,
 }
@@ -90,13 +94,13 @@ fn failure(err: &IpamError) -> Response {
 }
 
 impl IpamService {
-    /// The service over `client`, queueing failed releases in `queue_dir` (created 0700), with
-    /// its IPPool watch started on the current runtime.
+    /// The service of node `node` over `client`, queueing failed releases in `queue_dir`
+    /// (created 0700), with its IPPool and turn-Lease watches started on the current runtime.
     ///
     /// # Errors
     ///
     /// When the queue directory cannot be created.
-    pub fn new(client: Client, queue_dir: &Path) -> Result<IpamService, Error> {
+    pub fn new(client: Client, node: &str, queue_dir: &Path) -> Result<IpamService, Error> {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -118,11 +122,29 @@ impl IpamService {
                 }
             }
         });
+        let (leases, writer) = reflector::store();
+        let stream = reflector::reflector(
+            writer,
+            watcher(
+                Api::<Lease>::all(client.clone()),
+                watcher::Config::default().labels(&format!("{TURN_LABEL}=true")),
+            )
+            .default_backoff(),
+        );
+        tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            while let Some(item) = stream.next().await {
+                if let Err(e) = item {
+                    tracing::warn!(error = %e, "turn Lease watch failed; retrying with backoff");
+                }
+            }
+        });
         Ok(IpamService {
             client,
             engines: Mutex::default(),
             queue_dir: queue_dir.to_path_buf(),
             pools,
+            turns: Turns::new(leases, node),
             draining: tokio::sync::Mutex::new(()),
         })
     }
@@ -138,7 +160,8 @@ impl IpamService {
                 BatchingIpam::new(
                     KubeIpam::new(self.client.clone(), namespace)
                         .with_retry(ENGINE_RETRY)
-                        .with_pool_view(self.pools.clone()),
+                        .with_pool_view(self.pools.clone())
+                        .with_turns(self.turns.clone()),
                 )
             })
             .clone()

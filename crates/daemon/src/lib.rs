@@ -146,7 +146,11 @@ async fn run_async(args: DaemonArgs) -> Result<(), Error> {
         timeout_secs: args.watch_timeout,
     };
     let (caches, synced) = cache::Caches::start(&client, &watch, &metrics);
-    let ipam = Arc::new(ipam::IpamService::new(client.clone(), &args.ipam_queue_dir)?);
+    let ipam = Arc::new(ipam::IpamService::new(
+        client.clone(),
+        &node,
+        &args.ipam_queue_dir,
+    )?);
     let drain_task = tokio::spawn(ipam::drain_forever(ipam.clone()));
     let metrics_task = {
         let caches = caches.clone();

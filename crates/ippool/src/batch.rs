@@ -37,6 +37,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::crd::{IPPool, doc_from_pool, orip_name, pool_origin};
 use crate::store::{KubeIpam, OripClaim, RangeOutcome, Stats, per_range};
+use crate::turn::{RENEW_EVERY, Turns, Waiter};
+use k8s_openapi::jiff::Timestamp;
 
 /// Most requests folded into one pool write (bounds the patch size and the time a batch holds
 /// its callers).
@@ -50,6 +52,13 @@ pub const ORIP_CONCURRENCY: usize = 16;
 /// Extra time a batch gets per request in it, on top of the store's retry budget (each claims
 /// or deletes an overlapping-range reservation).
 const PER_REQUEST: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// How often a batch waiting for its turn looks at the watches (in-memory lookups).
+const TURN_POLL: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// A batch stops waiting for its turn this long before its deadline (or a quarter of the
+/// budget, if less) and writes regardless.
+const TURN_MARGIN: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// After a lost write, how long to wait for the winner's version to arrive through the watch
 /// before reading it (quorum) instead.
@@ -457,6 +466,50 @@ fn range_outcome(
     })
 }
 
+/// How a wait for a turn ended.
+enum TurnWait {
+    /// No live waiter is ahead: write.
+    Mine,
+    /// The pool changed meanwhile: recompute on this version first.
+    Newer(Box<IPPool>),
+    /// The batch is close to its deadline: write regardless.
+    TimeUp,
+}
+
+/// Wait until it is `me`'s turn at pool `name` (or `until`); the place in line is renewed every
+/// [`RENEW_EVERY`] meanwhile. The versions the others write meanwhile are not looked at: only
+/// when the turn comes is the batch redone, once, on the newest one.
+async fn wait_for_turn(
+    ipam: &KubeIpam,
+    turns: &Turns,
+    name: &str,
+    me: &Waiter,
+    renewed: &mut tokio::time::Instant,
+    current_rv: Option<&str>,
+    until: tokio::time::Instant,
+) -> TurnWait {
+    loop {
+        let done = ipam.watched_annotation(name, crate::turn::DONE_ANNOTATION);
+        if turns.my_turn(ipam.namespace(), name, me, done.as_deref()) {
+            return match ipam.watched_newer(name, current_rv) {
+                Some(newer) => TurnWait::Newer(Box::new(newer)),
+                None => TurnWait::Mine,
+            };
+        }
+        let now = tokio::time::Instant::now();
+        if now >= until {
+            return TurnWait::TimeUp;
+        }
+        if now.duration_since(*renewed) >= RENEW_EVERY {
+            *renewed = now;
+            if let Err(e) = turns.queue(&ipam.leases(), name, me).await {
+                tracing::debug!(pool = %name, error = %e, "could not renew the place in line");
+            }
+        }
+        tokio::time::sleep_until((tokio::time::Instant::now() + TURN_POLL).min(until)).await;
+    }
+}
+
 /// Run the batch until its write lands and its overlapping-range reservations are claimed (or
 /// it fails for good). Returns the outcomes and the pool as written.
 ///
@@ -495,6 +548,10 @@ async fn settle(
     let mut fresh = false;
     let mut attempt: u32 = 0;
     let mut conflicts: u32 = 0;
+    // Whether other nodes were seen writing this pool (a lost write, or a rebase).
+    let mut contended = false;
+    // This batch's place in line for the pool (crate::turn) and when it was last renewed.
+    let mut place: Option<(Waiter, tokio::time::Instant)> = None;
 
     let (result, written) = loop {
         // Take in what was queued meanwhile, unless this batch already holds reservations it
@@ -588,13 +645,50 @@ async fn settle(
         if dirty && let Some(newer) = ipam.watched_newer(name, current_rv.as_deref()) {
             // Another node wrote since: this write would only lose. Redo on its version.
             Stats::bump(&ipam.stats.rebases);
+            contended = true;
             base = Some(newer);
             fresh = false;
             held_before.iter_mut().for_each(|h| *h = None);
             continue;
         }
+        // Under contention, wait for this node's turn instead of sending a write that would
+        // most likely lose (crate::turn; advisory: the resourceVersion still decides).
+        let mut turn_used = None;
+        if dirty && let Some(turns) = ipam.turns() {
+            if place.is_none() && (contended || turns.others_waiting(ipam.namespace(), name)) {
+                let me = Waiter {
+                    since: Timestamp::now(),
+                    node: turns.node().to_string(),
+                };
+                if let Err(e) = turns.queue(&ipam.leases(), name, &me).await {
+                    tracing::debug!(pool = %name, error = %e, "could not queue for a turn; writing without one");
+                }
+                place = Some((me, tokio::time::Instant::now()));
+            }
+            if let Some((me, renewed)) = &mut place {
+                let until = deadline
+                    .checked_sub((ipam.retry.budget / 4).min(TURN_MARGIN))
+                    .unwrap_or(deadline);
+                match wait_for_turn(ipam, turns, name, me, renewed, current_rv.as_deref(), until).await {
+                    TurnWait::Mine => turn_used = Some(me.mark()),
+                    TurnWait::Newer(newer) => {
+                        Stats::bump(&ipam.stats.rebases);
+                        base = Some(*newer);
+                        fresh = false;
+                        held_before.iter_mut().for_each(|h| *h = None);
+                        continue;
+                    }
+                    TurnWait::TimeUp => {
+                        tracing::debug!(pool = %name, "no turn before the deadline; writing regardless");
+                    }
+                }
+            }
+        }
         let written = if dirty {
-            match ipam.write_pool(name, current.as_ref(), &doc, attempt).await {
+            match ipam
+                .write_pool(name, current.as_ref(), &doc, attempt, turn_used)
+                .await
+            {
                 Ok(w) => Some(w),
                 Err(e) => {
                     let lost = matches!(&e, kube::Error::Api(s) if s.code == 409);
@@ -606,6 +700,7 @@ async fn settle(
                     }
                     // Redo the whole batch on what is there now: the winner's version from
                     // the watch when it comes in time, else read afresh (quorum).
+                    contended |= lost;
                     base = if lost {
                         let until = (tokio::time::Instant::now() + WATCH_WAIT).min(deadline);
                         ipam.wait_watched_newer(name, current_rv.as_deref(), until).await
@@ -721,6 +816,17 @@ async fn settle(
             .collect();
         break (BatchResult::PerJob(outs), written);
     };
+
+    if let (Some(turns), Some(_)) = (ipam.turns(), &place) {
+        // Out of line, without holding up the answers (the next in line already goes on when
+        // the watch shows this batch's write).
+        let (turns, leases, pool) = (turns.clone(), ipam.leases(), name.to_string());
+        tokio::spawn(async move {
+            if let Err(e) = turns.leave(&leases, &pool).await {
+                tracing::debug!(%pool, error = %e, "could not leave the line for a turn (it expires)");
+            }
+        });
+    }
 
     let requests: Vec<JobRequest<'_>> = jobs.iter().map(JobRequest::of).collect();
     let requests = requests.as_slice();

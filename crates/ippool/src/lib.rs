@@ -23,6 +23,7 @@ pub mod crd;
 pub mod gc;
 pub mod retry;
 pub mod store;
+pub mod turn;
 pub mod usage;
 
 pub use batch::BatchingIpam;

@@ -36,10 +36,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{DeleteParams, GetParams, ListParams, PostParams, Preconditions};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::reflector::{ObjectRef, Store as WatchStore};
-use kube::{Api, Client, Config};
+use kube::{Api, Client, Config, ResourceExt};
 use netattach_ipam::config::IpamConfig;
 use netattach_ipam::error::{ConfigError, IpamError};
 use netattach_ipam::local::unix_now;
@@ -53,6 +54,7 @@ use crate::crd::{
     orip_name, spec_from_doc,
 };
 use crate::retry::RetryPolicy;
+use crate::turn::Turns;
 
 /// The namespace used when the kubeconfig's context names none (whereabouts' default).
 pub const DEFAULT_NAMESPACE: &str = "kube-system";
@@ -128,6 +130,8 @@ pub struct KubeIpam {
     /// A watch cache of the IPPools (the node daemon's), to learn of other nodes' writes
     /// without reading.
     view: Option<WatchStore<IPPool>>,
+    /// The nodes' turns at contended pools (the node daemon's).
+    turns: Option<Turns>,
 }
 
 impl fmt::Debug for KubeIpam {
@@ -393,6 +397,7 @@ impl KubeIpam {
             stats: Arc::new(Stats::default()),
             hook: None,
             view: None,
+            turns: None,
         }
     }
 
@@ -433,6 +438,22 @@ impl KubeIpam {
         self
     }
 
+    /// Take turns with the other nodes at contended pools ([`crate::turn`]). Needs the pool
+    /// view too: the next in line learns from the watch that a turn was used.
+    #[must_use]
+    pub fn with_turns(mut self, turns: Turns) -> KubeIpam {
+        self.turns = Some(turns);
+        self
+    }
+
+    pub(crate) fn turns(&self) -> Option<&Turns> {
+        self.turns.as_ref().filter(|_| self.view.is_some())
+    }
+
+    pub(crate) fn leases(&self) -> Api<Lease> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
     /// The watch's copy of pool `name` when it is newer than resourceVersion `than` (both
     /// parsed as etcd revisions; an unparsable one compares as not newer).
     pub(crate) fn watched_newer(&self, name: &str, than: Option<&str>) -> Option<IPPool> {
@@ -441,6 +462,13 @@ impl KubeIpam {
         let p = view.get(&ObjectRef::new(name).within(&self.namespace))?;
         let rv: u64 = p.metadata.resource_version.as_deref()?.parse().ok()?;
         (rv > than).then(|| (*p).clone())
+    }
+
+    /// Annotation `key` of the watch's copy of pool `name` (without copying the pool).
+    pub(crate) fn watched_annotation(&self, name: &str, key: &str) -> Option<String> {
+        let view = self.view.as_ref()?;
+        let p = view.get(&ObjectRef::new(name).within(&self.namespace))?;
+        p.annotations().get(key).cloned()
     }
 
     /// The watch's copy of pool `name` (`None` without a view, or when it does not hold one).
@@ -616,12 +644,14 @@ impl KubeIpam {
     /// Write a pool: a replace carrying the resourceVersion `base` was read at (the API server
     /// refuses it with 409 Conflict when the pool changed since; see [`replacement`] for why not
     /// a patch). `create` when it was absent.
+    /// `turn_used` is the [`crate::turn::DONE_ANNOTATION`] of a write made in turn.
     pub(crate) async fn write_pool(
         &self,
         name: &str,
         base: Option<&IPPool>,
         doc: &PoolDoc,
         attempt: u32,
+        turn_used: Option<String>,
     ) -> Result<IPPool, kube::Error> {
         if let Some(hook) = &self.hook {
             hook(name, attempt);
@@ -631,7 +661,13 @@ impl KubeIpam {
                 // An object read from the API always has a resourceVersion; without one, fall
                 // back to a create, which cannot overwrite anything.
                 match replacement(p, spec_from_doc(doc)) {
-                    Some(obj) => self.pools().replace(name, &PostParams::default(), &obj).await,
+                    Some(mut obj) => {
+                        if let Some(mark) = turn_used {
+                            obj.annotations_mut()
+                                .insert(crate::turn::DONE_ANNOTATION.to_string(), mark);
+                        }
+                        self.pools().replace(name, &PostParams::default(), &obj).await
+                    }
                     None => {
                         let mut obj = IPPool::new(name, spec_from_doc(doc));
                         obj.metadata.namespace = Some(self.namespace.clone());
@@ -873,7 +909,7 @@ impl KubeIpam {
             if !changed {
                 return Ok(Some(out));
             }
-            match self.write_pool(name, Some(&current), &doc, attempt).await {
+            match self.write_pool(name, Some(&current), &doc, attempt, None).await {
                 Ok(_) => return Ok(Some(out)),
                 Err(e) => {
                     self.retry_after_write_failure(e, &what, attempt, started, deadline, &mut conflicts)

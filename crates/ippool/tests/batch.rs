@@ -1,7 +1,9 @@
 //! The batching engine ([`BatchingIpam`]) against a real kube-apiserver: requests that queue
 //! up while a pool write is in flight go out together in the next single write; a request that
 //! cannot be served fails alone; releases and allocations mix in one batch; another node's write
-//! that the watch delivered is built on without a read or a lost write.
+//! that the watch delivered is built on without a read or a lost write; a node that finds
+//! another waiting longer for a contended pool waits for that node's turn instead of sending a
+//! write to lose.
 //!
 //! The first write of each test is held in the store's write hook until the test has queued
 //! the rest (the engine's `submitted` counter says when), so the batch composition does not
@@ -17,6 +19,7 @@ use kube::Api;
 use netattach_ipam::error::IpamError;
 use netattach_ipam::range::IpRange;
 use netattach_ipam::store::{AllocationRequest, Owner};
+use netattach_ippool::turn::{self, Turns, Waiter};
 use netattach_ippool::{BatchingIpam, IPPool, KubeIpam};
 
 fn request(pod: &str, cidr: &str, network: &str) -> AllocationRequest {
@@ -253,4 +256,178 @@ async fn another_nodes_write_seen_by_the_watch_is_built_on_without_a_read_or_a_c
         .expect("pool");
     assert_eq!(pool.spec.allocations.len(), 3, "both nodes' allocations are kept");
     watching.abort();
+}
+
+/// A Lease watch of the turn queues in `namespace`, like the daemon's.
+fn turn_view(
+    client: kube::Client,
+    namespace: &str,
+) -> (
+    kube::runtime::reflector::Store<k8s_openapi::api::coordination::v1::Lease>,
+    tokio::task::JoinHandle<()>,
+) {
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, reflector, watcher};
+    let (view, writer) = reflector::store();
+    let watch = reflector::reflector(
+        writer,
+        watcher(
+            Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(client, namespace),
+            watcher::Config::default().labels(&format!("{}=true", turn::TURN_LABEL)),
+        )
+        .default_backoff(),
+    );
+    let task = tokio::spawn(async move {
+        let mut watch = std::pin::pin!(watch);
+        while watch.next().await.is_some() {}
+    });
+    (view, task)
+}
+
+/// Node 3 finds node 4 in line for a contended pool, started before it: node 3 queues behind
+/// it and sends nothing until the pool says node 4's turn was used, then writes in its own
+/// turn. No write is sent to lose, and node 3 leaves the line afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_waits_for_the_turn_of_a_node_that_waited_longer() {
+    use futures::StreamExt;
+    use k8s_openapi::api::coordination::v1::Lease;
+    use k8s_openapi::jiff::{SignedDuration, Timestamp};
+    use kube::ResourceExt;
+    use kube::runtime::{WatchStreamExt, reflector, watcher};
+
+    let cluster = netattach_testenv::cluster().await;
+    let ns = cluster.namespace("batch-turns").await;
+    let cidr = "198.18.99.0/24";
+    let network = "turns";
+    let pool_name = format!("{network}-198.18.99.0-24");
+    let node3 = cluster.node_client("node-3");
+    let node4 = cluster.node_client("node-4");
+    let (pools, writer) = reflector::store();
+    let pool_watch = reflector::reflector(
+        writer,
+        watcher(
+            Api::<IPPool>::namespaced(node3.clone(), ns.name()),
+            watcher::Config::default(),
+        )
+        .default_backoff(),
+    );
+    let pool_watching = tokio::spawn(async move {
+        let mut w = std::pin::pin!(pool_watch);
+        while w.next().await.is_some() {}
+    });
+    let (leases, lease_watching) = turn_view(node3.clone(), ns.name());
+    let engine = BatchingIpam::new(
+        KubeIpam::new(node3.clone(), ns.name())
+            .with_pool_view(pools.clone())
+            .with_turns(Turns::new(leases.clone(), "node-3")),
+    );
+    let pool_api = Api::<IPPool>::namespaced(cluster.admin_client(), ns.name());
+    let lease_api = Api::<Lease>::namespaced(node4.clone(), ns.name());
+    let lease_of = |node: &str| {
+        leases
+            .state()
+            .into_iter()
+            .find(|l| l.spec.as_ref().and_then(|s| s.holder_identity.as_deref()) == Some(node))
+    };
+    let until = |what: &'static str| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        move || assert!(Instant::now() < deadline, "timed out waiting for {what}")
+    };
+
+    // Uncontended: a write without a turn.
+    let first = engine
+        .allocate(&request("t0", cidr, network))
+        .await
+        .expect("first");
+    assert!(lease_of("node-3").is_none(), "no queue without contention");
+    let rv_first = pool_api.get(&pool_name).await.expect("pool").resource_version();
+
+    // Node 4 has been waiting for 10 s.
+    let node4_turns = Turns::new(leases.clone(), "node-4");
+    let node4_place = Waiter {
+        since: Timestamp::now()
+            .checked_sub(SignedDuration::from_secs(10))
+            .expect("timestamp"),
+        node: "node-4".into(),
+    };
+    node4_turns
+        .queue(&lease_api, &pool_name, &node4_place)
+        .await
+        .expect("node 4 queues (the node RBAC allows it)");
+    let check = until("node 4's place in the watch");
+    while lease_of("node-4").is_none() {
+        check();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    let waiting = tokio::spawn({
+        let engine = engine.clone();
+        async move { engine.allocate(&request("t1", cidr, network)).await }
+    });
+    // Node 3 queues behind node 4.
+    let check = until("node 3 to queue");
+    while lease_of("node-3")
+        .and_then(|l| l.spec.clone())
+        .and_then(|s| s.acquire_time)
+        .is_none()
+    {
+        check();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    node4_turns
+        .queue(&lease_api, &pool_name, &node4_place)
+        .await
+        .expect("node 4 renews its place");
+    let queued = lease_of("node-3")
+        .and_then(|l| l.spec.clone())
+        .and_then(|s| s.acquire_time);
+    assert!(
+        queued.as_ref().is_some_and(|t| t.0 > node4_place.since),
+        "node 3 is behind node 4: {queued:?}"
+    );
+    assert_eq!(
+        pool_api.get(&pool_name).await.expect("pool").resource_version(),
+        rv_first,
+        "node 3 did not write while node 4 was ahead"
+    );
+    assert!(!waiting.is_finished());
+
+    // Node 4 uses its turn: a write that carries its mark.
+    let mut pool = pool_api.get(&pool_name).await.expect("pool");
+    pool.annotations_mut()
+        .insert(turn::DONE_ANNOTATION.to_string(), node4_place.mark());
+    pool_api
+        .replace(&pool_name, &Default::default(), &pool)
+        .await
+        .expect("node 4's write");
+
+    let second = waiting
+        .await
+        .expect("join")
+        .expect("node 3 allocates in its turn");
+    assert_ne!(first[0].ip, second[0].ip);
+    let stats = engine.ipam().stats();
+    assert_eq!(stats.conflicts, 0, "no write was sent to lose: {stats:?}");
+    let pool = pool_api.get(&pool_name).await.expect("pool");
+    assert_eq!(pool.spec.allocations.len(), 2);
+    let node3_mark = pool
+        .annotations()
+        .get(turn::DONE_ANNOTATION)
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        node3_mark.starts_with("node-3 "),
+        "node 3 wrote in its turn: {node3_mark}"
+    );
+    let check = until("node 3 to leave the line");
+    while lease_of("node-3")
+        .and_then(|l| l.spec.clone())
+        .and_then(|s| s.acquire_time)
+        .is_some()
+    {
+        check();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    pool_watching.abort();
+    lease_watching.abort();
 }

@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
@@ -120,6 +120,16 @@ fn fastrand_ms() -> u64 {
 }
 
 /// Runs `f(i)` for every i in 0..n, all released at once, on n threads.
+/// Sets its flag when dropped, also while a panic unwinds (so a helper thread waiting on
+/// progress stops instead of keeping the scope, and the test, from ever ending).
+struct SetOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for SetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
 fn burst<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
     let start = Barrier::new(n);
     std::thread::scope(|s| {
@@ -394,6 +404,7 @@ async fn daemons_killed_mid_burst_and_restarted_give_no_duplicates_and_no_leaked
     };
     let owners: Vec<Owner> = (0..1000).map(|i| owner(&network, i)).collect();
     let done = Arc::new(AtomicUsize::new(0));
+    let burst_over = AtomicBool::new(false);
     // Kill points: a daemon goes down (SIGKILL) when the burst has completed this many
     // requests, and is restarted right away.
     let kill_points = [(100, 0), (250, 3), (400, 7), (550, 1), (700, 9), (850, 4)];
@@ -404,6 +415,10 @@ async fn daemons_killed_mid_burst_and_restarted_give_no_duplicates_and_no_leaked
                 let mut kills = 0;
                 for (at, which) in kill_points {
                     while done.load(Ordering::SeqCst) < at {
+                        if burst_over.load(Ordering::SeqCst) {
+                            // A request failed (its panic ends the burst short of `at`).
+                            return kills;
+                        }
                         std::thread::sleep(Duration::from_millis(2));
                     }
                     daemons[which].kill();
@@ -414,11 +429,14 @@ async fn daemons_killed_mid_burst_and_restarted_give_no_duplicates_and_no_leaked
                 }
                 kills
             });
-            let results = burst(owners.len(), |i| {
-                let ip = allocate_retrying(&configs[i % configs.len()], &owners[i]);
-                done.fetch_add(1, Ordering::SeqCst);
-                (owners[i].clone(), ip)
-            });
+            let results = {
+                let _over = SetOnDrop(&burst_over);
+                burst(owners.len(), |i| {
+                    let ip = allocate_retrying(&configs[i % configs.len()], &owners[i]);
+                    done.fetch_add(1, Ordering::SeqCst);
+                    (owners[i].clone(), ip)
+                })
+            };
             assert_eq!(chaos.join().expect("chaos thread"), kill_points.len());
             results
         })
@@ -449,6 +467,7 @@ async fn the_api_server_restarting_mid_burst_and_a_del_while_it_is_down() {
     };
     let owners: Vec<Owner> = (0..300).map(|i| owner(&network, i)).collect();
     let done = AtomicUsize::new(0);
+    let burst_over = AtomicBool::new(false);
 
     // The apiserver goes down after 100 allocations and comes back 2 s later.
     let results = tokio::task::block_in_place(|| {
@@ -456,22 +475,33 @@ async fn the_api_server_restarting_mid_burst_and_a_del_while_it_is_down() {
         std::thread::scope(|s| {
             let env = &mut env;
             let done = &done;
+            let burst_over = &burst_over;
             let restarter = s.spawn(move || {
                 while done.load(Ordering::SeqCst) < 100 {
+                    if burst_over.load(Ordering::SeqCst) {
+                        // A request failed (its panic ends the burst short of 100).
+                        return None;
+                    }
                     std::thread::sleep(Duration::from_millis(2));
                 }
                 env.stop_apiserver();
                 let completed_while_down = done.load(Ordering::SeqCst);
                 std::thread::sleep(Duration::from_secs(2));
                 handle.block_on(env.start_apiserver());
-                completed_while_down
+                Some(completed_while_down)
             });
-            let results = burst(owners.len(), |i| {
-                let ip = allocate_retrying(&configs[i % configs.len()], &owners[i]);
-                done.fetch_add(1, Ordering::SeqCst);
-                (owners[i].clone(), ip)
-            });
-            let at_stop = restarter.join().expect("restarter");
+            let results = {
+                let _over = SetOnDrop(burst_over);
+                burst(owners.len(), |i| {
+                    let ip = allocate_retrying(&configs[i % configs.len()], &owners[i]);
+                    done.fetch_add(1, Ordering::SeqCst);
+                    (owners[i].clone(), ip)
+                })
+            };
+            let at_stop = restarter
+                .join()
+                .expect("restarter")
+                .expect("100 allocations before the burst ended");
             assert!(
                 at_stop < owners.len(),
                 "the burst ended before the apiserver stopped"

@@ -1,0 +1,260 @@
+//! Turns between the node daemons that write one pool: an advisory queue, so that under
+//! contention the nodes write one after the other, in the order they started waiting, instead
+//! of all sending writes of which all but one lose.
+//!
+//! Without it, ten engines contending for one `IPPool` race every round: one write wins, nine
+//! are refused with 409 after the API server has decoded their whole pool (hundreds of ms of its
+//! CPU for a pool of a thousand allocations), and which node wins is luck, so a node can lose
+//! round after round until its requests run out of time.
+//!
+//! A node that lost a write (or that sees others waiting) puts itself in line for the pool: a
+//! `coordination.k8s.io` Lease of its own per pool (`spec.holderIdentity` = the node,
+//! `spec.acquireTime` = when it started waiting), renewed while it waits. Every daemon watches
+//! these Leases. A node writes when no live waiter started before it (ties by node name); its
+//! write stamps the pool with [`DONE_ANNOTATION`], so the next in line goes on as soon as the
+//! watch shows that version, without waiting for the Lease to be cleared.
+//!
+//! It is advisory only. Every write still carries the resourceVersion it was computed on, so a
+//! node that writes out of turn (a clock far off, a daemon without this module, upstream
+//! whereabouts) costs at most a 409. A waiter whose Lease has not changed for [`LIVE_FOR`] (its
+//! daemon died) is skipped, and a batch near its deadline writes regardless.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::reflector::Store as WatchStore;
+use kube::{Api, ResourceExt};
+use serde_json::json;
+use tokio::time::Instant;
+
+
+/// Label of every turn Lease (the daemons watch Leases with it).
+pub const TURN_LABEL: &str = "netattach.io/pool-turn";
+/// Annotation of a turn Lease: the pool it queues for.
+pub const POOL_ANNOTATION: &str = "netattach.io/pool";
+/// Annotation a write made in turn leaves on the pool: `<node> <acquireTime>` of the turn it
+/// used up.
+pub const DONE_ANNOTATION: &str = "netattach.io/last-turn";
+/// A waiter whose Lease has not changed for this long is taken for gone.
+pub const LIVE_FOR: Duration = Duration::from_secs(3);
+/// How often a waiting node renews its Lease.
+pub const RENEW_EVERY: Duration = Duration::from_secs(1);
+/// The field manager of the turn Leases.
+const MANAGER: &str = "netattach-pool-turn";
+
+/// One node in line for a pool.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Waiter {
+    /// When it started waiting (RFC 3339, as the Lease carries it; compared as a timestamp).
+    pub since: Timestamp,
+    /// The node.
+    pub node: String,
+}
+
+impl Waiter {
+    /// The [`DONE_ANNOTATION`] value of a write made in this turn.
+    pub fn mark(&self) -> String {
+        format!("{} {}", self.node, self.since)
+    }
+}
+
+/// The first of `waiters` that is ahead of `me` (started waiting earlier; ties by node name),
+/// not counting the one whose turn `done` (the pool's [`DONE_ANNOTATION`]) says was used up.
+/// `None`: it is `me`'s turn.
+pub fn ahead_of<'a>(me: &Waiter, waiters: &'a [Waiter], done: Option<&str>) -> Option<&'a Waiter> {
+    waiters
+        .iter()
+        .filter(|w| w.node != me.node && done != Some(w.mark().as_str()))
+        .filter(|w| *w < me)
+        .min()
+}
+
+/// The turn Leases seen by the daemon's watch, and this node's place in them.
+#[derive(Clone)]
+pub struct Turns {
+    node: String,
+    view: WatchStore<Lease>,
+    /// Per Lease (namespace/name): its resourceVersion and when this process first saw it.
+    seen: Arc<Mutex<HashMap<String, (String, Instant)>>>,
+}
+
+impl std::fmt::Debug for Turns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Turns")
+            .field("node", &self.node)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Turns {
+    /// Turns of node `node`, over a watch of the Leases labelled [`TURN_LABEL`].
+    pub fn new(view: WatchStore<Lease>, node: impl Into<String>) -> Turns {
+        Turns {
+            node: node.into(),
+            view,
+            seen: Arc::default(),
+        }
+    }
+
+    /// This node's name.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// The name of this node's turn Lease for `pool` (a hash of the pool keeps it a valid name
+    /// whatever the pool is called).
+    pub fn lease_name(&self, pool: &str) -> String {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        pool.hash(&mut h);
+        let mut name = format!("netattach-turn-{:016x}-{}", h.finish(), self.node);
+        name.truncate(253);
+        name
+    }
+
+    /// The live waiters of `pool` in `namespace`, this node's included.
+    pub fn waiters(&self, namespace: &str, pool: &str) -> Vec<Waiter> {
+        let now = Instant::now();
+        let mut seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut out = Vec::new();
+        for lease in self.view.state() {
+            if lease.namespace().as_deref() != Some(namespace)
+                || lease.annotations().get(POOL_ANNOTATION).map(String::as_str) != Some(pool)
+            {
+                continue;
+            }
+            let key = format!("{namespace}/{}", lease.name_any());
+            let rv = lease.resource_version().unwrap_or_default();
+            let first_seen = match seen.get(&key) {
+                Some((known, at)) if *known == rv => *at,
+                _ => {
+                    seen.insert(key, (rv, now));
+                    now
+                }
+            };
+            let Some(spec) = &lease.spec else { continue };
+            let (Some(node), Some(MicroTime(since))) = (&spec.holder_identity, &spec.acquire_time) else {
+                continue;
+            };
+            if now.duration_since(first_seen) < LIVE_FOR {
+                out.push(Waiter {
+                    since: *since,
+                    node: node.clone(),
+                });
+            }
+        }
+        out
+    }
+
+    /// Whether another node is waiting for `pool`.
+    pub fn others_waiting(&self, namespace: &str, pool: &str) -> bool {
+        self.waiters(namespace, pool).iter().any(|w| w.node != self.node)
+    }
+
+    /// Whether `me` may write `pool` now, given the [`DONE_ANNOTATION`] of the pool as the watch
+    /// has it.
+    pub fn my_turn(&self, namespace: &str, pool: &str, me: &Waiter, done: Option<&str>) -> bool {
+        ahead_of(me, &self.waiters(namespace, pool), done).is_none()
+    }
+
+    /// Put this node in line for `pool` as `me` (or renew its place): one server-side apply of
+    /// its Lease.
+    pub async fn queue(&self, api: &Api<Lease>, pool: &str, me: &Waiter) -> Result<(), kube::Error> {
+        let now = Timestamp::now();
+        self.apply(api, pool, Some((me.since, now))).await
+    }
+
+    /// Leave the line for `pool`.
+    pub async fn leave(&self, api: &Api<Lease>, pool: &str) -> Result<(), kube::Error> {
+        self.apply(api, pool, None).await
+    }
+
+    async fn apply(
+        &self,
+        api: &Api<Lease>,
+        pool: &str,
+        waiting: Option<(Timestamp, Timestamp)>,
+    ) -> Result<(), kube::Error> {
+        let name = self.lease_name(pool);
+        let mut spec = json!({
+            "holderIdentity": self.node,
+            "leaseDurationSeconds": LIVE_FOR.as_secs(),
+        });
+        if let Some((since, renewed)) = waiting {
+            spec["acquireTime"] = json!(MicroTime(since));
+            spec["renewTime"] = json!(MicroTime(renewed));
+        }
+        let lease = json!({
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {
+                "name": name,
+                "labels": {TURN_LABEL: "true"},
+                "annotations": {POOL_ANNOTATION: pool},
+            },
+            "spec": spec,
+        });
+        api.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&lease))
+            .await
+            .map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn w(node: &str, secs: i64) -> Waiter {
+        Waiter {
+            since: Timestamp::from_second(1_700_000_000 + secs).unwrap_or(Timestamp::UNIX_EPOCH),
+            node: node.into(),
+        }
+    }
+
+    #[test]
+    fn the_earliest_waiter_goes_first_and_ties_go_by_node_name() {
+        let (a, b, c) = (w("node-a", 5), w("node-b", 3), w("node-c", 3));
+        let all = [a.clone(), b.clone(), c.clone()];
+        assert_eq!(ahead_of(&a, &all, None), Some(&b));
+        assert_eq!(ahead_of(&c, &all, None), Some(&b));
+        assert_eq!(
+            ahead_of(&b, &all, None),
+            None,
+            "earliest, and first by name on the tie"
+        );
+        // Not in line at all (the waiters are someone else's view): everyone before counts.
+        assert_eq!(ahead_of(&w("node-z", 4), &all, None), Some(&b));
+    }
+
+    #[test]
+    fn a_turn_the_pool_says_was_used_no_longer_blocks() {
+        let (a, b) = (w("node-a", 5), w("node-b", 3));
+        let all = [a.clone(), b.clone()];
+        assert_eq!(ahead_of(&a, &all, Some(&b.mark())), None);
+        // A mark of an older turn of b does not count for its current one.
+        assert_eq!(ahead_of(&a, &all, Some(&w("node-b", 1).mark())), Some(&b));
+    }
+
+    #[test]
+    fn lease_names_are_valid_and_distinct_per_pool_and_node() {
+        let view = kube::runtime::reflector::store::<Lease>().0;
+        let t = Turns::new(view, "node-1");
+        let a = t.lease_name("storage-192.168.4.0-24");
+        let b = t.lease_name("storage-192.168.5.0-24");
+        assert_ne!(a, b);
+        assert!(a.starts_with("netattach-turn-") && a.ends_with("-node-1"), "{a}");
+        assert!(
+            a.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.'),
+            "{a}"
+        );
+    }
+}
