@@ -18,6 +18,12 @@
 //! and after a lost write (409) the winner's version comes from the watch (a quorum read only
 //! when it does not arrive in time). A stale copy costs one refused write, never a wrong one.
 //!
+//! When other nodes contend for the pool, the daemon's engines take turns ([`crate::turn`]): a
+//! node that lost a write, or sees others waiting, queues and sends its write only when no node
+//! that started waiting earlier is still in line, redoing the batch once on the newest version
+//! when its turn comes. Ten nodes then write one after the other instead of nine writes in ten
+//! being refused, and no node can lose round after round until its requests time out.
+//!
 //! A failure of one request (its pool is exhausted, its static address is held) fails that
 //! request only. A failure of the pool write (API down past the retry budget, permission) fails
 //! every request of the batch with that error, and nothing was written.

@@ -33,7 +33,6 @@ use kube::{Api, ResourceExt};
 use serde_json::json;
 use tokio::time::Instant;
 
-
 /// Label of every turn Lease (the daemons watch Leases with it).
 pub const TURN_LABEL: &str = "netattach.io/pool-turn";
 /// Annotation of a turn Lease: the pool it queues for.
