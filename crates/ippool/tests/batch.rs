@@ -180,8 +180,7 @@ async fn one_failing_request_fails_alone_and_releases_mix_with_allocations() {
 /// before it is sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_nodes_write_seen_by_the_watch_is_built_on_without_a_read_or_a_conflict() {
-    use futures::StreamExt;
-    use kube::runtime::{WatchStreamExt, reflector, watcher};
+    use kube::runtime::{reflector, watcher};
 
     let cluster = netattach_testenv::cluster().await;
     let ns = cluster.namespace("batch-watch").await;
@@ -189,19 +188,10 @@ async fn another_nodes_write_seen_by_the_watch_is_built_on_without_a_read_or_a_c
     let network = "watched";
     let pool_name = format!("{network}-198.18.98.0-24");
     let client = cluster.node_client("node-3");
-    let (view, writer) = reflector::store();
-    let watch = reflector::reflector(
-        writer,
-        watcher(
-            Api::<IPPool>::namespaced(client.clone(), ns.name()),
-            watcher::Config::default(),
-        )
-        .default_backoff(),
+    let (view, watching) = watch(
+        Api::<IPPool>::namespaced(client.clone(), ns.name()),
+        watcher::Config::default(),
     );
-    let watching = tokio::spawn(async move {
-        let mut watch = std::pin::pin!(watch);
-        while watch.next().await.is_some() {}
-    });
     let engine = BatchingIpam::new(KubeIpam::new(client, ns.name()).with_pool_view(view.clone()));
     let other_node = BatchingIpam::new(KubeIpam::new(cluster.node_client("node-4"), ns.name()));
     let rv_in_view = || {
@@ -258,28 +248,27 @@ async fn another_nodes_write_seen_by_the_watch_is_built_on_without_a_read_or_a_c
     watching.abort();
 }
 
-/// A Lease watch of the turn queues in `namespace`, like the daemon's.
-fn turn_view(
-    client: kube::Client,
-    namespace: &str,
-) -> (
-    kube::runtime::reflector::Store<k8s_openapi::api::coordination::v1::Lease>,
-    tokio::task::JoinHandle<()>,
-) {
+/// A reflector over `api` (as the daemon runs them), and the task that drives it.
+fn watch<K>(
+    api: Api<K>,
+    config: kube::runtime::watcher::Config,
+) -> (kube::runtime::reflector::Store<K>, tokio::task::JoinHandle<()>)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
     use futures::StreamExt;
     use kube::runtime::{WatchStreamExt, reflector, watcher};
     let (view, writer) = reflector::store();
-    let watch = reflector::reflector(
-        writer,
-        watcher(
-            Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(client, namespace),
-            watcher::Config::default().labels(&format!("{}=true", turn::TURN_LABEL)),
-        )
-        .default_backoff(),
-    );
+    let stream = reflector::reflector(writer, watcher(api, config).default_backoff());
     let task = tokio::spawn(async move {
-        let mut watch = std::pin::pin!(watch);
-        while watch.next().await.is_some() {}
+        let mut stream = std::pin::pin!(stream);
+        while stream.next().await.is_some() {}
     });
     (view, task)
 }
@@ -289,11 +278,10 @@ fn turn_view(
 /// turn. No write is sent to lose, and node 3 leaves the line afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_waits_for_the_turn_of_a_node_that_waited_longer() {
-    use futures::StreamExt;
     use k8s_openapi::api::coordination::v1::Lease;
     use k8s_openapi::jiff::{SignedDuration, Timestamp};
     use kube::ResourceExt;
-    use kube::runtime::{WatchStreamExt, reflector, watcher};
+    use kube::runtime::watcher;
 
     let cluster = netattach_testenv::cluster().await;
     let ns = cluster.namespace("batch-turns").await;
@@ -302,20 +290,14 @@ async fn a_node_waits_for_the_turn_of_a_node_that_waited_longer() {
     let pool_name = format!("{network}-198.18.99.0-24");
     let node3 = cluster.node_client("node-3");
     let node4 = cluster.node_client("node-4");
-    let (pools, writer) = reflector::store();
-    let pool_watch = reflector::reflector(
-        writer,
-        watcher(
-            Api::<IPPool>::namespaced(node3.clone(), ns.name()),
-            watcher::Config::default(),
-        )
-        .default_backoff(),
+    let (pools, pool_watching) = watch(
+        Api::<IPPool>::namespaced(node3.clone(), ns.name()),
+        watcher::Config::default(),
     );
-    let pool_watching = tokio::spawn(async move {
-        let mut w = std::pin::pin!(pool_watch);
-        while w.next().await.is_some() {}
-    });
-    let (leases, lease_watching) = turn_view(node3.clone(), ns.name());
+    let (leases, lease_watching) = watch(
+        Api::<Lease>::namespaced(node3.clone(), ns.name()),
+        watcher::Config::default().labels(&format!("{}=true", turn::TURN_LABEL)),
+    );
     let engine = BatchingIpam::new(
         KubeIpam::new(node3.clone(), ns.name())
             .with_pool_view(pools.clone())
