@@ -824,14 +824,17 @@ async fn settle(
     };
 
     if let (Some(turns), Some(_)) = (ipam.turns(), &place) {
-        // Out of line, without holding up the answers (the next in line already goes on when
-        // the watch shows this batch's write).
-        let (turns, leases, pool) = (turns.clone(), ipam.leases(), name.to_string());
-        tokio::spawn(async move {
-            if let Err(e) = turns.leave(&leases, &pool).await {
-                tracing::debug!(%pool, error = %e, "could not leave the line for a turn (it expires)");
+        // Out of line before this worker's next batch can queue again, so that a late "leave"
+        // never clears the next batch's place. (The next in line does not wait for this: it goes
+        // on when the watch shows this batch's write.)
+        // Bounded: with the API server unreachable the place simply expires (turn::LIVE_FOR).
+        match tokio::time::timeout(RENEW_EVERY, turns.leave(&ipam.leases(), name)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(pool = %name, error = %e, "could not leave the line for a turn (it expires)");
             }
-        });
+            Err(_) => tracing::debug!(pool = %name, "leaving the line for a turn timed out (it expires)"),
+        }
     }
 
     let requests: Vec<JobRequest<'_>> = jobs.iter().map(JobRequest::of).collect();
