@@ -472,6 +472,15 @@ fn range_outcome(
     })
 }
 
+/// A turn-Lease write, given at most [`RENEW_EVERY`]: the queue is advisory, and a batch must
+/// not hang on it while the API server does not answer.
+async fn bounded(write: impl std::future::Future<Output = Result<(), kube::Error>>) -> Result<(), String> {
+    match tokio::time::timeout(RENEW_EVERY, write).await {
+        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(_) => Err(format!("no answer within {RENEW_EVERY:?}")),
+    }
+}
+
 /// How a wait for a turn ended.
 enum TurnWait {
     /// No live waiter is ahead: write.
@@ -508,7 +517,7 @@ async fn wait_for_turn(
         }
         if now.duration_since(*renewed) >= RENEW_EVERY {
             *renewed = now;
-            if let Err(e) = turns.queue(&ipam.leases(), name, me).await {
+            if let Err(e) = bounded(turns.queue(&ipam.leases(), name, me)).await {
                 tracing::debug!(pool = %name, error = %e, "could not renew the place in line");
             }
         }
@@ -666,8 +675,8 @@ async fn settle(
                     since: Timestamp::now(),
                     node: turns.node().to_string(),
                 };
-                if let Err(e) = turns.queue(&ipam.leases(), name, &me).await {
-                    tracing::debug!(pool = %name, error = %e, "could not queue for a turn; writing without one");
+                if let Err(e) = bounded(turns.queue(&ipam.leases(), name, &me)).await {
+                    tracing::debug!(pool = %name, error = %e, "could not queue for a turn");
                 }
                 place = Some((me, tokio::time::Instant::now()));
             }
@@ -828,12 +837,8 @@ async fn settle(
         // never clears the next batch's place. (The next in line does not wait for this: it goes
         // on when the watch shows this batch's write.)
         // Bounded: with the API server unreachable the place simply expires (turn::LIVE_FOR).
-        match tokio::time::timeout(RENEW_EVERY, turns.leave(&ipam.leases(), name)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::debug!(pool = %name, error = %e, "could not leave the line for a turn (it expires)");
-            }
-            Err(_) => tracing::debug!(pool = %name, "leaving the line for a turn timed out (it expires)"),
+        if let Err(e) = bounded(turns.leave(&ipam.leases(), name)).await {
+            tracing::debug!(pool = %name, error = %e, "could not leave the line for a turn (it expires)");
         }
     }
 
