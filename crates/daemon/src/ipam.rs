@@ -65,6 +65,31 @@ pub struct QueuedRelease {
     pub queued_at: u64,
 }
 
+/// A reflector over `api`, driven by a task of its own (watch failures are logged and retried
+/// with backoff).
+fn watch_in_background<K>(api: Api<K>, config: watcher::Config, what: &'static str) -> Store<K>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store();
+    let stream = reflector::reflector(writer, watcher(api, config).default_backoff());
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(item) = stream.next().await {
+            if let Err(e) = item {
+                tracing::warn!(error = %e, "{what} watch failed; retrying with backoff");
+            }
+        }
+    });
+    store
+}
+
 /// The IPAM side of the daemon.
 pub struct IpamService {
     client: Client,
@@ -109,36 +134,16 @@ impl IpamService {
                 path: queue_dir.to_path_buf(),
                 source,
             })?;
-        let (pools, writer) = reflector::store();
-        let stream = reflector::reflector(
-            writer,
-            watcher(Api::<IPPool>::all(client.clone()), watcher::Config::default()).default_backoff(),
+        let pools = watch_in_background(
+            Api::<IPPool>::all(client.clone()),
+            watcher::Config::default(),
+            "IPPool",
         );
-        tokio::spawn(async move {
-            let mut stream = std::pin::pin!(stream);
-            while let Some(item) = stream.next().await {
-                if let Err(e) = item {
-                    tracing::warn!(error = %e, "IPPool watch failed; retrying with backoff");
-                }
-            }
-        });
-        let (leases, writer) = reflector::store();
-        let stream = reflector::reflector(
-            writer,
-            watcher(
-                Api::<Lease>::all(client.clone()),
-                watcher::Config::default().labels(&format!("{TURN_LABEL}=true")),
-            )
-            .default_backoff(),
+        let leases = watch_in_background(
+            Api::<Lease>::all(client.clone()),
+            watcher::Config::default().labels(&format!("{TURN_LABEL}=true")),
+            "turn Lease",
         );
-        tokio::spawn(async move {
-            let mut stream = std::pin::pin!(stream);
-            while let Some(item) = stream.next().await {
-                if let Err(e) = item {
-                    tracing::warn!(error = %e, "turn Lease watch failed; retrying with backoff");
-                }
-            }
-        });
         Ok(IpamService {
             client,
             engines: Mutex::default(),

@@ -20,7 +20,6 @@
 //! daemon died) is skipped, and a batch near its deadline writes regardless.
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -106,12 +105,14 @@ impl Turns {
         &self.node
     }
 
-    /// The name of this node's turn Lease for `pool` (a hash of the pool keeps it a valid name
-    /// whatever the pool is called).
+    /// The name of this node's turn Lease for `pool`. A hash of the pool keeps it a valid name
+    /// whatever the pool is called; FNV-1a, because the name must stay the same across
+    /// releases of this program (std's hasher promises no such thing).
     pub fn lease_name(&self, pool: &str) -> String {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        pool.hash(&mut h);
-        let mut name = format!("netattach-turn-{:016x}-{}", h.finish(), self.node);
+        let hash = pool.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+        let mut name = format!("netattach-turn-{hash:016x}-{}", self.node);
         name.truncate(253);
         name
     }
@@ -249,6 +250,8 @@ mod tests {
         let a = t.lease_name("storage-192.168.4.0-24");
         let b = t.lease_name("storage-192.168.5.0-24");
         assert_ne!(a, b);
+        // FNV-1a of the pool name: the same in every release.
+        assert_eq!(t.lease_name(""), "netattach-turn-cbf29ce484222325-node-1");
         assert!(a.starts_with("netattach-turn-") && a.ends_with("-node-1"), "{a}");
         assert!(
             a.chars()
