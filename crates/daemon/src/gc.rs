@@ -29,6 +29,8 @@
 //! container id, podref and interface: an address re-taken since (an ADD rewrites the
 //! container id) is never freed. The address's `OverlappingRangeIPReservation` goes too when it
 //! names the freed attachment.
+//!
+//! Each reconcile also deletes the pool-turn Leases no live waiter holds ([`turn::sweep`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -38,6 +40,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
 use kube::core::PartialObjectMeta;
@@ -49,6 +52,7 @@ use netattach_cluster::status::parse_annotation;
 use netattach_ipam::error::IpamError;
 use netattach_ippool::KubeIpam;
 use netattach_ippool::gc::HeldAddress;
+use netattach_ippool::turn;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -451,7 +455,16 @@ impl Collector {
         self.suspects = suspects;
         self.awaiting
             .retain(|podref, _| by_pod.contains_key(podref.as_str()));
-        self.free(decided).await
+        self.free(decided).await?;
+        // Turn Leases of daemons that died waiting or of removed nodes (best effort: they
+        // cost only watch memory, and the next reconcile tries again).
+        let leases: Api<Lease> = Api::namespaced(self.client.clone(), self.ipam.namespace());
+        match turn::sweep(&leases).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, "deleted stale pool-turn Leases"),
+            Err(e) => tracing::warn!(error = %e, "could not list the pool-turn Leases to sweep them"),
+        }
+        Ok(())
     }
 
     fn count(&self, trigger: Trigger, result: &Result<(), GcError>) {

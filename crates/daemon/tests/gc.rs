@@ -664,8 +664,37 @@ async fn the_startup_reconcile_frees_what_was_deleted_while_no_daemon_ran() {
     w.live_pod("recreated", NODE_1, Some(&status(&["10.77.0.9"])))
         .await;
 
+    // A place in line for a contended pool that a daemon of the dead node held when it died.
+    let leases: Api<Lease> = Api::namespaced(w.admin.clone(), &w.ns);
+    let stale = serde_json::json!({
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": "netattach-turn-0000000000000001-dead-node",
+                     "labels": {netattach_ippool::turn::TURN_LABEL: "true"},
+                     "annotations": {netattach_ippool::turn::POOL_ANNOTATION: POOL_A}},
+        "spec": {"holderIdentity": DEAD_NODE,
+                 "acquireTime": "2026-01-01T00:00:00.000000Z",
+                 "renewTime": "2026-01-01T00:00:01.000000Z"},
+    });
+    leases
+        .patch(
+            "netattach-turn-0000000000000001-dead-node",
+            &PatchParams::apply("test"),
+            &Patch::Apply(&stale),
+        )
+        .await
+        .expect("stale turn Lease");
+
     let mut d = Daemon::start(cluster, NODE_1, &w.ns);
     wait_leading_and_reconciled(&mut d).await;
+    assert!(
+        leases
+            .get_opt("netattach-turn-0000000000000001-dead-node")
+            .await
+            .expect("get")
+            .is_none(),
+        "the reconcile swept the dead node's turn Lease:\n{}",
+        d.log_text()
+    );
     assert_eq!(
         w.allocations(POOL_A).await,
         BTreeMap::from([

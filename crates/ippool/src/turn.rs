@@ -18,15 +18,20 @@
 //! node that writes out of turn (a clock far off, a daemon without this module, upstream
 //! whereabouts) costs at most a 409. A waiter whose Lease has not changed for [`LIVE_FOR`] (its
 //! daemon died) is skipped, and a batch near its deadline writes regardless.
+//!
+//! A node leaves the line by deleting its Lease, so the Leases that exist are the nodes waiting
+//! now. What a dead daemon or a removed node leaves behind is deleted by [`sweep`] (the IPAM
+//! garbage collector's leader runs it with every reconcile), so nodes that come and go do not
+//! pile up Leases that every daemon watches.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
-use k8s_openapi::jiff::Timestamp;
-use kube::api::{Patch, PatchParams};
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions};
 use kube::runtime::reflector::Store as WatchStore;
 use kube::{Api, ResourceExt};
 use serde_json::json;
@@ -43,6 +48,9 @@ pub const DONE_ANNOTATION: &str = "netattach.io/last-turn";
 pub const LIVE_FOR: Duration = Duration::from_secs(3);
 /// How often a waiting node renews its Lease.
 pub const RENEW_EVERY: Duration = Duration::from_secs(1);
+/// A turn Lease not renewed for this long belongs to no live waiter (a waiter renews every
+/// [`RENEW_EVERY`]); [`sweep`] deletes it.
+pub const STALE_AFTER: Duration = Duration::from_secs(60);
 /// The field manager of the turn Leases.
 const MANAGER: &str = "netattach-pool-turn";
 
@@ -125,7 +133,14 @@ impl Turns {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut out = Vec::new();
-        for lease in self.view.state() {
+        let leases = self.view.state();
+        // Forget Leases that are gone (left or swept), so this map stays as small as the line.
+        let present: HashSet<String> = leases
+            .iter()
+            .map(|l| format!("{}/{}", l.namespace().unwrap_or_default(), l.name_any()))
+            .collect();
+        seen.retain(|key, _| present.contains(key));
+        for lease in leases {
             if lease.namespace().as_deref() != Some(namespace)
                 || lease.annotations().get(POOL_ANNOTATION).map(String::as_str) != Some(pool)
             {
@@ -168,30 +183,31 @@ impl Turns {
     /// Put this node in line for `pool` as `me` (or renew its place): one server-side apply of
     /// its Lease.
     pub async fn queue(&self, api: &Api<Lease>, pool: &str, me: &Waiter) -> Result<(), kube::Error> {
-        let now = Timestamp::now();
-        self.apply(api, pool, Some((me.since, now))).await
+        self.apply(api, pool, (me.since, Timestamp::now())).await
     }
 
-    /// Leave the line for `pool`.
+    /// Leave the line for `pool`: delete this node's Lease (already gone is fine).
     pub async fn leave(&self, api: &Api<Lease>, pool: &str) -> Result<(), kube::Error> {
-        self.apply(api, pool, None).await
+        match api.delete(&self.lease_name(pool), &DeleteParams::default()).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     async fn apply(
         &self,
         api: &Api<Lease>,
         pool: &str,
-        waiting: Option<(Timestamp, Timestamp)>,
+        (since, renewed): (Timestamp, Timestamp),
     ) -> Result<(), kube::Error> {
         let name = self.lease_name(pool);
-        let mut spec = json!({
+        let spec = json!({
             "holderIdentity": self.node,
             "leaseDurationSeconds": LIVE_FOR.as_secs(),
+            "acquireTime": MicroTime(since),
+            "renewTime": MicroTime(renewed),
         });
-        if let Some((since, renewed)) = waiting {
-            spec["acquireTime"] = json!(MicroTime(since));
-            spec["renewTime"] = json!(MicroTime(renewed));
-        }
         let lease = json!({
             "apiVersion": "coordination.k8s.io/v1",
             "kind": "Lease",
@@ -206,6 +222,53 @@ impl Turns {
             .await
             .map(drop)
     }
+}
+
+/// Whether a turn Lease belongs to no live waiter at `now`: renewed (or, never renewed,
+/// created) more than [`STALE_AFTER`] ago, or not waiting at all (no `acquireTime`: a Lease an
+/// earlier release left in place when its node left the line).
+pub fn is_stale(lease: &Lease, now: Timestamp) -> bool {
+    let spec = lease.spec.as_ref();
+    if spec.and_then(|s| s.acquire_time.as_ref()).is_none() {
+        return true;
+    }
+    let last = spec
+        .and_then(|s| s.renew_time.as_ref())
+        .map(|MicroTime(t)| *t)
+        .or_else(|| lease.metadata.creation_timestamp.as_ref().map(|t| t.0));
+    let stale_after = SignedDuration::try_from(STALE_AFTER).unwrap_or(SignedDuration::MAX);
+    last.is_none_or(|t| now.duration_since(t) > stale_after)
+}
+
+/// Deletes the turn Leases of `api`'s namespace that belong to no live waiter ([`is_stale`]):
+/// those of daemons that died waiting and of nodes that were removed. Each delete carries the
+/// resourceVersion that was judged, so a Lease renewed in between is kept. Returns how many
+/// were deleted.
+///
+/// # Errors
+/// The list failing; a delete that fails is logged and left for the next sweep.
+pub async fn sweep(api: &Api<Lease>) -> Result<usize, kube::Error> {
+    let now = Timestamp::now();
+    let listed = api
+        .list(&ListParams::default().labels(&format!("{TURN_LABEL}=true")))
+        .await?;
+    let mut deleted = 0;
+    for lease in listed.items.iter().filter(|l| is_stale(l, now)) {
+        let name = lease.name_any();
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                resource_version: lease.resource_version(),
+                uid: lease.uid(),
+            }),
+            ..DeleteParams::default()
+        };
+        match api.delete(&name, &params).await {
+            Ok(_) => deleted += 1,
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
+            Err(e) => tracing::warn!(lease = %name, error = %e, "could not delete a stale turn Lease"),
+        }
+    }
+    Ok(deleted)
 }
 
 #[cfg(test)]
@@ -241,6 +304,34 @@ mod tests {
         assert_eq!(ahead_of(&a, &all, Some(&b.mark())), None);
         // A mark of an older turn of b does not count for its current one.
         assert_eq!(ahead_of(&a, &all, Some(&w("node-b", 1).mark())), Some(&b));
+    }
+
+    #[test]
+    fn a_lease_is_stale_when_not_waiting_or_not_renewed_for_a_minute() {
+        use k8s_openapi::api::coordination::v1::LeaseSpec;
+        let now = Timestamp::from_second(1_700_000_100).unwrap_or(Timestamp::UNIX_EPOCH);
+        let lease = |acquired: Option<i64>, renewed: Option<i64>| Lease {
+            spec: Some(LeaseSpec {
+                acquire_time: acquired.map(|s| MicroTime(w("n", s).since)),
+                renew_time: renewed.map(|s| MicroTime(w("n", s).since)),
+                ..LeaseSpec::default()
+            }),
+            ..Lease::default()
+        };
+        assert!(!is_stale(&lease(Some(90), Some(99)), now), "renewed a second ago");
+        assert!(
+            !is_stale(&lease(Some(0), Some(41)), now),
+            "59 s since the renewal"
+        );
+        assert!(is_stale(&lease(Some(0), Some(30)), now), "70 s since the renewal");
+        assert!(
+            is_stale(&lease(None, None), now),
+            "left the line (an earlier release)"
+        );
+        assert!(
+            is_stale(&lease(Some(99), None), now),
+            "waiting but never renewed nor created: nothing says it is alive"
+        );
     }
 
     #[test]

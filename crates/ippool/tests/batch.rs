@@ -3,7 +3,7 @@
 //! cannot be served fails alone; releases and allocations mix in one batch; another node's write
 //! that the watch delivered is built on without a read or a lost write; a node that finds
 //! another waiting longer for a contended pool waits for that node's turn instead of sending a
-//! write to lose.
+//! write to lose, and deletes its place when done; stale places are swept.
 //!
 //! The first write of each test is held in the store's write hook until the test has queued
 //! the rest (the engine's `submitted` counter says when), so the batch composition does not
@@ -401,15 +401,103 @@ async fn a_node_waits_for_the_turn_of_a_node_that_waited_longer() {
         node3_mark.starts_with("node-3 "),
         "node 3 wrote in its turn: {node3_mark}"
     );
+    // Leaving the line deletes the Lease: the Leases that exist are the nodes waiting now.
     let check = until("node 3 to leave the line");
-    while lease_of("node-3")
-        .and_then(|l| l.spec.clone())
-        .and_then(|s| s.acquire_time)
-        .is_some()
-    {
+    while lease_of("node-3").is_some() {
         check();
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    let node3_lease = Turns::new(leases.clone(), "node-3").lease_name(&pool_name);
+    assert!(
+        lease_api.get_opt(&node3_lease).await.expect("get").is_none(),
+        "node 3's Lease {node3_lease} was deleted, not left behind"
+    );
     pool_watching.abort();
     lease_watching.abort();
+}
+
+/// The sweep the GC leader runs deletes the turn Leases no live waiter holds (a daemon that
+/// died waiting, a Lease an earlier release left when its node left the line) and keeps a
+/// waiter's that is being renewed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_turn_leases_are_swept_and_live_ones_kept() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use k8s_openapi::jiff::{SignedDuration, Timestamp};
+    use kube::api::{Patch, PatchParams};
+
+    let cluster = netattach_testenv::cluster().await;
+    let ns = cluster.namespace("batch-turn-sweep").await;
+    let api = Api::<Lease>::namespaced(cluster.node_client("node-2"), ns.name());
+    let (view, _) = kube::runtime::reflector::store::<Lease>();
+    let pool = "sweep-198.18.98.0-24";
+    let ago = |secs: i64| {
+        Timestamp::now()
+            .checked_sub(SignedDuration::from_secs(secs))
+            .expect("timestamp")
+    };
+
+    // node-1 is waiting and renewing; node-2 died waiting 5 minutes ago.
+    let live = Turns::new(view.clone(), "node-1");
+    live.queue(
+        &api,
+        pool,
+        &Waiter {
+            since: ago(30),
+            node: "node-1".into(),
+        },
+    )
+    .await
+    .expect("node-1 queues");
+    let dead = Turns::new(view.clone(), "node-2");
+    let dead_name = dead.lease_name(pool);
+    let apply = |name: &str, spec: serde_json::Value| {
+        let lease = serde_json::json!({
+            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": name, "labels": {turn::TURN_LABEL: "true"},
+                         "annotations": {turn::POOL_ANNOTATION: pool}},
+            "spec": spec,
+        });
+        let api = api.clone();
+        let name = name.to_string();
+        async move {
+            api.patch(&name, &PatchParams::apply("test").force(), &Patch::Apply(&lease))
+                .await
+                .expect("apply")
+        }
+    };
+    apply(
+        &dead_name,
+        serde_json::json!({"holderIdentity": "node-2",
+            "acquireTime": k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(ago(400)),
+            "renewTime": k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(ago(300))}),
+    )
+    .await;
+    // node-3's Lease as a release that cleared it on leaving left it: not waiting.
+    let left_name = Turns::new(view.clone(), "node-3").lease_name(pool);
+    apply(&left_name, serde_json::json!({"holderIdentity": "node-3"})).await;
+    // Not a turn Lease at all (no label): never touched.
+    let other = serde_json::json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": "someone-elses"}, "spec": {"holderIdentity": "x"}});
+    api.patch(
+        "someone-elses",
+        &PatchParams::apply("test"),
+        &Patch::Apply(&other),
+    )
+    .await
+    .expect("apply");
+
+    let deleted = turn::sweep(&api).await.expect("sweep");
+    assert_eq!(deleted, 2, "the dead waiter's and the left-behind Lease");
+    assert!(api.get_opt(&dead_name).await.expect("get").is_none());
+    assert!(api.get_opt(&left_name).await.expect("get").is_none());
+    assert!(
+        api.get_opt(&live.lease_name(pool)).await.expect("get").is_some(),
+        "the live waiter keeps its place"
+    );
+    assert!(api.get_opt("someone-elses").await.expect("get").is_some());
+    assert_eq!(
+        turn::sweep(&api).await.expect("sweep"),
+        0,
+        "nothing stale is left"
+    );
 }

@@ -209,9 +209,11 @@ impl Meta {
     ) -> Result<CniResult, CniError> {
         let cid = req.inv.container_id.as_str();
         let netns = req.inv.netns.as_deref();
+        let started = std::time::Instant::now();
         source::wait_readiness(meta)?;
         let key = source::pod_key(&req.inv.args)?;
         let lookup = source::lookup(meta, key.as_ref())?;
+        let looked_up = started.elapsed();
         let delegates = delegates_for(
             meta,
             lookup.pod.as_ref(),
@@ -253,6 +255,7 @@ impl Meta {
             delegates.iter().map(RecordedDelegate::from).collect(),
         );
         record::write_atomic(&meta.cni_dir, &rec)?;
+        let recorded_first = started.elapsed();
 
         for (i, delegate) in delegates.iter().enumerate() {
             let outcome = args_string(&pod_args, &rec.delegates[i])
@@ -288,6 +291,7 @@ impl Meta {
         }
 
         let last = rec.delegates.len().saturating_sub(1);
+        let delegated = started.elapsed();
         // The results are recorded (two fsyncs) while the daemon publishes the status (an API
         // round trip): neither waits for the other. Should the record fail after the status
         // went out, the teardown below leaves a status naming interfaces that are gone, on a
@@ -309,6 +313,13 @@ impl Meta {
             };
             (recorded, published)
         });
+        tracing::debug!(
+            lookup = ?looked_up,
+            first_record = ?recorded_first,
+            delegates = ?delegated,
+            published = ?started.elapsed(),
+            "ADD phases (time since the meta-plugin took the request)"
+        );
         if let Err(e) = recorded {
             tracing::error!(error = %e, "recording the results failed; tearing down");
             return Err(self.abort(meta, &rec, last, &pod_args, netns, &path, &who, e));
