@@ -318,7 +318,7 @@ impl IpamService {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         type Value = fn(&BatchingIpam) -> u64;
-        let series: [(&str, &str, &str, Value); 8] = [
+        let series: [(&str, &str, &str, Value); 9] = [
             (
                 "batches_total",
                 "counter",
@@ -357,6 +357,12 @@ impl IpamService {
                 "counter",
                 "Batches redone on a newer IPPool from the watch instead of a losing write or a read.",
                 |e| e.ipam().stats().rebases,
+            ),
+            (
+                "reservation_reads_total",
+                "counter",
+                "OverlappingRangeIPReservation reads (GET): to see who holds one, or before deleting one the engine did not create.",
+                |e| e.ipam().stats().orip_reads,
             ),
             (
                 "api_transient_errors_total",

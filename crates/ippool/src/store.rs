@@ -21,20 +21,21 @@
 //!   pool write and before the answer (whereabouts' order). `AlreadyExists` held by another
 //!   attachment means the address is taken in an overlapping range: it comes out of the pool
 //!   again and the request gets another one (a static request fails naming the holder). On
-//!   release, a reservation is deleted only when it names the released attachment, with a
-//!   resourceVersion precondition.
+//!   release, a reservation is deleted only when it names the released attachment, with uid and
+//!   resourceVersion preconditions: those of this store's own create when it made it (no read;
+//!   the daemon's case), else those of a read.
 //!
 //! Objects live in the namespace of the kubeconfig's current context, `kube-system` when that
 //! names none (as whereabouts). [`KubeIpam`] is the async API (the node daemon's); [`KubeStore`]
 //! wraps it in a private current-thread runtime and implements the sync [`Store`] trait for the
 //! short-lived plugin binary.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::net::IpAddr;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{DeleteParams, GetParams, ListParams, PostParams, Preconditions};
@@ -83,6 +84,9 @@ pub struct Stats {
     /// Batches recomputed on a newer pool the watch delivered, instead of a write that would
     /// have lost (409) or a read after one that did.
     pub rebases: AtomicU64,
+    /// Overlapping-range reservation reads (GET): to see who holds one that exists, or before
+    /// deleting one this store did not create (or that changed since).
+    pub orip_reads: AtomicU64,
 }
 
 /// A copy of [`Stats`].
@@ -100,6 +104,8 @@ pub struct StatsSnapshot {
     pub reads: u64,
     /// See [`Stats::rebases`].
     pub rebases: u64,
+    /// See [`Stats::orip_reads`].
+    pub orip_reads: u64,
 }
 
 impl Stats {
@@ -111,6 +117,7 @@ impl Stats {
             orip_taken: self.orip_taken.load(Ordering::Relaxed),
             reads: self.reads.load(Ordering::Relaxed),
             rebases: self.rebases.load(Ordering::Relaxed),
+            orip_reads: self.orip_reads.load(Ordering::Relaxed),
         }
     }
 
@@ -132,6 +139,32 @@ pub struct KubeIpam {
     view: Option<WatchStore<IPPool>>,
     /// The nodes' turns at contended pools (the node daemon's).
     turns: Option<Turns>,
+    /// The overlapping-range reservations this store created or adopted, by name, exactly as
+    /// the API server answered the write: releasing one deletes it with that uid and
+    /// resourceVersion as preconditions instead of reading it first.
+    claimed: Arc<Mutex<HashMap<String, ClaimedOrip>>>,
+}
+
+/// An overlapping-range reservation as this store last wrote it.
+#[derive(Debug, Clone)]
+struct ClaimedOrip {
+    uid: Option<String>,
+    resource_version: Option<String>,
+    spec: OverlappingRangeIPReservationSpec,
+}
+
+/// At most this many reservations are remembered (a long-lived daemon whose reservations are
+/// deleted elsewhere, by the GC leader, would otherwise grow the map forever); past it the map
+/// starts over, and releases of the forgotten ones read before they delete, as without it.
+const CLAIMED_MAX: usize = 8192;
+
+/// Whether the reservation `s` is the one of attachment `(id, podref, ifname)`: the same pod
+/// and interface (not also the same container: a pod re-added by a peer that does not adopt
+/// reservations, upstream whereabouts, leaves the old container's id in it, and its release
+/// must still free it), or without a podref the same container and interface.
+fn names_attachment(s: &OverlappingRangeIPReservationSpec, id: &str, podref: &str, ifname: &str) -> bool {
+    (!podref.is_empty() && s.podref == podref && (s.ifname.is_empty() || s.ifname == ifname))
+        || (podref.is_empty() && !id.is_empty() && s.containerid == id && s.ifname == ifname)
 }
 
 impl fmt::Debug for KubeIpam {
@@ -398,7 +431,33 @@ impl KubeIpam {
             hook: None,
             view: None,
             turns: None,
+            claimed: Arc::default(),
         }
+    }
+
+    fn remember_claim(&self, orip: &OverlappingRangeIPReservation) {
+        let Some(name) = orip.metadata.name.clone() else {
+            return;
+        };
+        let mut claimed = self.claimed.lock().unwrap_or_else(PoisonError::into_inner);
+        if claimed.len() >= CLAIMED_MAX && !claimed.contains_key(&name) {
+            claimed.clear();
+        }
+        claimed.insert(
+            name,
+            ClaimedOrip {
+                uid: orip.metadata.uid.clone(),
+                resource_version: orip.metadata.resource_version.clone(),
+                spec: orip.spec.clone(),
+            },
+        );
+    }
+
+    fn forget_claim(&self, name: &str) -> Option<ClaimedOrip> {
+        self.claimed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(name)
     }
 
     /// A store from a kubeconfig file, in `namespace` or else the namespace of its current
@@ -742,14 +801,15 @@ impl KubeIpam {
         loop {
             let started = Instant::now();
             let failure = match self.orips().create(&PostParams::default(), &obj).await {
-                Ok(_) => {
+                Ok(created) => {
                     tracing::debug!(orip = %name, %owner, "overlapping-range reservation created");
+                    self.remember_claim(&created);
                     return Ok(OripClaim::Mine(true));
                 }
                 Err(e) => classify(e, &what, &self.namespace),
             };
             match failure {
-                ApiFailure::Conflict => match self.orips().get_opt(&name).await {
+                ApiFailure::Conflict => match self.read_orip(&name).await {
                     Ok(Some(existing)) => {
                         let s = &existing.spec;
                         let mine = owner.is_attachment_of(&s.containerid, &s.podref, &s.ifname)
@@ -758,6 +818,7 @@ impl KubeIpam {
                             return Ok(OripClaim::Taken(existing.spec));
                         }
                         if s.containerid == owner.container_id && s.ifname == owner.ifname {
+                            self.remember_claim(&existing);
                             return Ok(OripClaim::Mine(false));
                         }
                         // Adopted by a new container of the same pod (a re-ADD): say so in the
@@ -770,7 +831,10 @@ impl KubeIpam {
                             .replace(&name, &PostParams::default(), &adopted)
                             .await
                         {
-                            Ok(_) => return Ok(OripClaim::Mine(false)),
+                            Ok(replaced) => {
+                                self.remember_claim(&replaced);
+                                return Ok(OripClaim::Mine(false));
+                            }
                             Err(e) => match classify(e, &what, &self.namespace) {
                                 ApiFailure::Fatal(e) => return Err(e),
                                 // Changed or deleted meanwhile: look again.
@@ -800,8 +864,11 @@ impl KubeIpam {
     }
 
     /// Delete the overlapping-range reservation of `ip` if it names `(id, podref, ifname)`
-    /// (precondition: the resourceVersion that was read). Best effort: a leftover reservation
-    /// only keeps an address from being reused, it never duplicates one.
+    /// ([`names_attachment`]). One this store created or adopted and that still names the
+    /// attachment is deleted with the uid and resourceVersion of that write as preconditions,
+    /// without a read; any other (or one that changed since: the preconditions fail) is read,
+    /// judged, and deleted with the uid and resourceVersion that were read. Best effort: a
+    /// leftover reservation only keeps an address from being reused, it never duplicates one.
     pub(crate) async fn delete_orip_if(
         &self,
         ip: IpAddr,
@@ -811,7 +878,31 @@ impl KubeIpam {
         ifname: &str,
     ) {
         let name = orip_name(ip, network);
-        let existing = match self.orips().get_opt(&name).await {
+        if let Some(known) = self.forget_claim(&name)
+            && names_attachment(&known.spec, id, podref, ifname)
+        {
+            let dp = DeleteParams {
+                preconditions: Some(Preconditions {
+                    resource_version: known.resource_version,
+                    uid: known.uid,
+                }),
+                ..DeleteParams::default()
+            };
+            match self.orips().delete(&name, &dp).await {
+                Ok(_) => {
+                    tracing::debug!(orip = %name, holder = %known.spec.podref, "overlapping-range reservation deleted");
+                    return;
+                }
+                Err(kube::Error::Api(s)) if s.code == 404 => return,
+                // Changed since this store wrote it: judge what it is now.
+                Err(kube::Error::Api(s)) if s.code == 409 => {}
+                Err(e) => {
+                    tracing::warn!(orip = %name, error = %e, "cannot delete overlapping-range reservation");
+                    return;
+                }
+            }
+        }
+        let existing = match self.read_orip(&name).await {
             Ok(Some(o)) => o,
             Ok(None) => return,
             Err(e) => {
@@ -820,12 +911,7 @@ impl KubeIpam {
             }
         };
         let s = &existing.spec;
-        // The same pod and interface. (Not also the same container: a pod re-added by a peer
-        // that does not adopt reservations — upstream whereabouts — leaves the old container's
-        // id in it, and its DEL must still free it.)
-        let ours = (!podref.is_empty() && s.podref == podref && (s.ifname.is_empty() || s.ifname == ifname))
-            || (podref.is_empty() && !id.is_empty() && s.containerid == id && s.ifname == ifname);
-        if !ours {
+        if !names_attachment(s, id, podref, ifname) {
             tracing::debug!(orip = %name, holder = %s.podref, "overlapping-range reservation held by another attachment; kept");
             return;
         }
@@ -854,6 +940,12 @@ impl KubeIpam {
             &owner.ifname,
         )
         .await;
+    }
+
+    /// A quorum read of the overlapping-range reservation `name` (counted in [`Stats`]).
+    async fn read_orip(&self, name: &str) -> Result<Option<OverlappingRangeIPReservation>, kube::Error> {
+        Stats::bump(&self.stats.orip_reads);
+        self.orips().get_opt(name).await
     }
 
     /// Undo the ranges of a failed multi-range ADD that were newly allocated.

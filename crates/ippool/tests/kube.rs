@@ -411,6 +411,53 @@ async fn overlapping_ranges_use_reservations() {
     assert_eq!(left, ["ovl-198.19.50.2"]);
 }
 
+/// A store deletes a reservation it created with the preconditions of that create, without
+/// reading it first; one that changed since (here: re-pointed at another pod) is read, judged,
+/// and kept.
+#[tokio::test]
+async fn a_release_deletes_its_own_reservation_without_a_read_unless_it_changed() {
+    let cluster = netattach_testenv::cluster().await;
+    let ns = cluster.namespace("ippool-orip-own").await;
+    let ipam = KubeIpam::new(cluster.node_client("node-1"), ns.name());
+    let orips: Api<OverlappingRangeIPReservation> = Api::namespaced(cluster.admin_client(), ns.name());
+    let cidr = ["198.19.52.0/24"];
+
+    let a = owner("ns/a", "net1", "ca");
+    let got = ipam
+        .allocate(&request(a.clone(), &cidr, Some("own"), true))
+        .await
+        .expect("a");
+    assert!(orips.get_opt("own-198.19.52.1").await.expect("get").is_some());
+    assert_eq!(ipam.release(&a).await.expect("release").len(), 1);
+    assert!(
+        orips.get_opt("own-198.19.52.1").await.expect("get").is_none(),
+        "released {} and its reservation",
+        got[0].ip
+    );
+    assert_eq!(ipam.stats().orip_reads, 0, "{:?}", ipam.stats());
+
+    // b's reservation is taken over by someone else after b got it.
+    let b = owner("ns/b", "net1", "cb");
+    ipam.allocate(&request(b.clone(), &cidr, Some("own"), true))
+        .await
+        .expect("b");
+    let mut taken = orips.get("own-198.19.52.1").await.expect("orip of b");
+    taken.spec.podref = "other/thief".into();
+    taken.spec.containerid = "ct".into();
+    orips
+        .replace("own-198.19.52.1", &PostParams::default(), &taken)
+        .await
+        .expect("re-point");
+    assert_eq!(ipam.release(&b).await.expect("release").len(), 1);
+    let kept = orips.get_opt("own-198.19.52.1").await.expect("get");
+    assert_eq!(
+        kept.map(|o| o.spec.podref).as_deref(),
+        Some("other/thief"),
+        "a reservation that no longer names b is kept"
+    );
+    assert_eq!(ipam.stats().orip_reads, 1, "read once its preconditions failed");
+}
+
 #[tokio::test]
 async fn multi_range_is_all_or_nothing() {
     let cluster = netattach_testenv::cluster().await;
