@@ -22,16 +22,15 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
-use kube::runtime::WatchStreamExt;
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::watcher::{self, watcher};
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
 use kube::{Api, Client};
 use netattach_cluster::daemon_api::{IpamFailure, Response};
 use netattach_ipam::error::{ErrorKind, IpamError};
 use netattach_ipam::store::{AllocationRequest, Owner};
 use netattach_ippool::turn::{TURN_LABEL, Turns};
+use netattach_ippool::watch;
 use netattach_ippool::{BatchingIpam, IPPool, KubeIpam, RetryPolicy};
 use serde::{Deserialize, Serialize};
 
@@ -63,31 +62,6 @@ pub struct QueuedRelease {
     pub owner: Owner,
     /// When it was queued (unix seconds).
     pub queued_at: u64,
-}
-
-/// A reflector over `api`, driven by a task of its own (watch failures are logged and retried
-/// with backoff).
-fn watch_in_background<K>(api: Api<K>, config: watcher::Config, what: &'static str) -> Store<K>
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    let (store, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher(api, config).default_backoff());
-    tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        while let Some(item) = stream.next().await {
-            if let Err(e) = item {
-                tracing::warn!(error = %e, "{what} watch failed; retrying with backoff");
-            }
-        }
-    });
-    store
 }
 
 /// The IPAM side of the daemon.
@@ -134,12 +108,13 @@ impl IpamService {
                 path: queue_dir.to_path_buf(),
                 source,
             })?;
-        let pools = watch_in_background(
+        // The watch tasks run as long as the daemon.
+        let (pools, _) = watch::in_background(
             Api::<IPPool>::all(client.clone()),
             watcher::Config::default(),
             "IPPool",
         );
-        let leases = watch_in_background(
+        let (leases, _) = watch::in_background(
             Api::<Lease>::all(client.clone()),
             watcher::Config::default().labels(&format!("{TURN_LABEL}=true")),
             "turn Lease",

@@ -13,6 +13,7 @@
 //! * [`retry`]: the backoff policy.
 //! * [`usage`]: per-pool size, used, free and exhausted, and their Prometheus rendering.
 //! * [`admin`]: operator access: who holds each address (pod, node, age), release by hand.
+//! * [`turn`]: the nodes' turns at a contended pool; [`watch`]: the watch caches behind them.
 //!
 //! The allocation logic itself is the pure one of [`netattach_ipam::pool`]; this crate only
 //! moves documents between it and the API server.
@@ -25,6 +26,7 @@ pub mod retry;
 pub mod store;
 pub mod turn;
 pub mod usage;
+pub mod watch;
 
 pub use batch::BatchingIpam;
 pub use crd::{

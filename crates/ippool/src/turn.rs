@@ -134,12 +134,15 @@ impl Turns {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut out = Vec::new();
         let leases = self.view.state();
-        // Forget Leases that are gone (left or swept), so this map stays as small as the line.
-        let present: HashSet<String> = leases
-            .iter()
-            .map(|l| format!("{}/{}", l.namespace().unwrap_or_default(), l.name_any()))
-            .collect();
-        seen.retain(|key, _| present.contains(key));
+        // Forget Leases that are gone (left or swept) once the map holds more keys than there
+        // are Leases: it stays within twice the line, without a pass on every poll.
+        if seen.len() > leases.len() {
+            let present: HashSet<String> = leases
+                .iter()
+                .map(|l| format!("{}/{}", l.namespace().unwrap_or_default(), l.name_any()))
+                .collect();
+            seen.retain(|key, _| present.contains(key));
+        }
         for lease in leases {
             if lease.namespace().as_deref() != Some(namespace)
                 || lease.annotations().get(POOL_ANNOTATION).map(String::as_str) != Some(pool)

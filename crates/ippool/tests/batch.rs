@@ -20,6 +20,7 @@ use netattach_ipam::error::IpamError;
 use netattach_ipam::range::IpRange;
 use netattach_ipam::store::{AllocationRequest, Owner};
 use netattach_ippool::turn::{self, Turns, Waiter};
+use netattach_ippool::watch;
 use netattach_ippool::{BatchingIpam, IPPool, KubeIpam};
 
 fn request(pod: &str, cidr: &str, network: &str) -> AllocationRequest {
@@ -188,9 +189,10 @@ async fn another_nodes_write_seen_by_the_watch_is_built_on_without_a_read_or_a_c
     let network = "watched";
     let pool_name = format!("{network}-198.18.98.0-24");
     let client = cluster.node_client("node-3");
-    let (view, watching) = watch(
+    let (view, watching) = watch::in_background(
         Api::<IPPool>::namespaced(client.clone(), ns.name()),
         watcher::Config::default(),
+        "IPPool",
     );
     let engine = BatchingIpam::new(KubeIpam::new(client, ns.name()).with_pool_view(view.clone()));
     let other_node = BatchingIpam::new(KubeIpam::new(cluster.node_client("node-4"), ns.name()));
@@ -248,31 +250,6 @@ async fn another_nodes_write_seen_by_the_watch_is_built_on_without_a_read_or_a_c
     watching.abort();
 }
 
-/// A reflector over `api` (as the daemon runs them), and the task that drives it.
-fn watch<K>(
-    api: Api<K>,
-    config: kube::runtime::watcher::Config,
-) -> (kube::runtime::reflector::Store<K>, tokio::task::JoinHandle<()>)
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    use futures::StreamExt;
-    use kube::runtime::{WatchStreamExt, reflector, watcher};
-    let (view, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher(api, config).default_backoff());
-    let task = tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        while stream.next().await.is_some() {}
-    });
-    (view, task)
-}
-
 /// Node 3 finds node 4 in line for a contended pool, started before it: node 3 queues behind
 /// it and sends nothing until the pool says node 4's turn was used, then writes in its own
 /// turn. No write is sent to lose, and node 3 leaves the line afterwards.
@@ -290,13 +267,15 @@ async fn a_node_waits_for_the_turn_of_a_node_that_waited_longer() {
     let pool_name = format!("{network}-198.18.99.0-24");
     let node3 = cluster.node_client("node-3");
     let node4 = cluster.node_client("node-4");
-    let (pools, pool_watching) = watch(
+    let (pools, pool_watching) = watch::in_background(
         Api::<IPPool>::namespaced(node3.clone(), ns.name()),
         watcher::Config::default(),
+        "IPPool",
     );
-    let (leases, lease_watching) = watch(
+    let (leases, lease_watching) = watch::in_background(
         Api::<Lease>::namespaced(node3.clone(), ns.name()),
         watcher::Config::default().labels(&format!("{}=true", turn::TURN_LABEL)),
+        "turn Lease",
     );
     let engine = BatchingIpam::new(
         KubeIpam::new(node3.clone(), ns.name())
