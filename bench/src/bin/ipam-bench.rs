@@ -504,14 +504,20 @@ fn create_pods(kubectl: &Kubectl, nodes: &[(String, PathBuf)], pods: &mut [&mut 
 /// one pod after the other: minutes for a thousand.)
 fn delete_pods(kubectl: &Kubectl) -> Result<(), Error> {
     kubectl.force_delete_pods(NS)?;
+    wait_none_left(kubectl, "pods")
+}
+
+/// Waits until `NS` holds no object of `resource` (60 s at most). Polled: `kubectl delete
+/// --wait` can miss the last deletion and wait for good.
+fn wait_none_left(kubectl: &Kubectl, resource: &str) -> Result<(), Error> {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !kubectl
-        .run(&["get", "pods", "-n", NS, "-o", "name"], None)?
+        .run(&["get", resource, "-n", NS, "-o", "name"], None)?
         .trim()
         .is_empty()
     {
         if Instant::now() > deadline {
-            return Err(format!("the pods of {NS} were not gone 60 s after their deletion").into());
+            return Err(format!("the {resource} of {NS} were not gone 60 s after their deletion").into());
         }
         check_interrupted()?;
         std::thread::sleep(Duration::from_millis(500));
@@ -1234,7 +1240,8 @@ fn run_system(env: &Env, sys: Sys, n: usize) -> Result<SysRun, Error> {
         };
         let engine = format!(
             "{} batches of {} requests (largest {}), {} pool writes, {} conflicts (409), {} pool reads, {} rebases \
-             on the watch's copy, {} transient errors",
+             on the watch's copy, {} allocations carried in {} batches by other nodes' writes, {} writer claims \
+             lost, {} transient errors",
             delta("batches_total"),
             delta("batched_requests_total"),
             after.get("largest_batch").copied().unwrap_or(0),
@@ -1242,6 +1249,9 @@ fn run_system(env: &Env, sys: Sys, n: usize) -> Result<SysRun, Error> {
             delta("pool_conflicts_total"),
             delta("pool_reads_total"),
             delta("pool_rebases_total"),
+            delta("carried_allocations_total"),
+            delta("carried_batches_total"),
+            delta("writer_claims_lost_total"),
             delta("api_transient_errors_total"),
         );
         println!("    IPAM engines during the ADDs: {engine}");
@@ -1512,10 +1522,11 @@ fn api_floor(env: &Env, n: usize) -> Result<Floor, Error> {
             "--all",
             "-n",
             NS,
-            "--wait=true",
+            "--wait=false",
         ],
         None,
     )?;
+    wait_none_left(env.kubectl, "overlappingrangeipreservations")?;
     if created != n {
         let mut other: BTreeMap<&str, usize> = BTreeMap::new();
         for c in codes.lines().map(str::trim).filter(|c| *c != "201") {

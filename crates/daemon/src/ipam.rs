@@ -293,7 +293,7 @@ impl IpamService {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         type Value = fn(&BatchingIpam) -> u64;
-        let series: [(&str, &str, &str, Value); 9] = [
+        let series: [(&str, &str, &str, Value); 12] = [
             (
                 "batches_total",
                 "counter",
@@ -338,6 +338,24 @@ impl IpamService {
                 "counter",
                 "OverlappingRangeIPReservation reads (GET): to see who holds one, or before deleting one the engine did not create.",
                 |e| e.ipam().stats().orip_reads,
+            ),
+            (
+                "carried_allocations_total",
+                "counter",
+                "Allocations of other nodes' waiting batches written with this node's own, in its turn.",
+                |e| e.ipam().stats().carried,
+            ),
+            (
+                "carried_batches_total",
+                "counter",
+                "Batches of this node that another node's write carried (no write of its own).",
+                |e| e.ipam().stats().carried_in,
+            ),
+            (
+                "writer_claims_lost_total",
+                "counter",
+                "Claims of a pool's writer Lease another node made first (a write that would have lost, not sent).",
+                |e| e.ipam().stats().claims_lost,
             ),
             (
                 "api_transient_errors_total",

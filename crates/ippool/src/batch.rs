@@ -41,9 +41,9 @@ use netattach_ipam::range::pool_name;
 use netattach_ipam::store::{Allocation, AllocationRequest, Owner};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::crd::{IPPool, doc_from_pool, orip_name, pool_origin};
+use crate::crd::{IPPool, allocation_of, doc_from_pool, orip_name, pool_origin};
 use crate::store::{KubeIpam, OripClaim, RangeOutcome, Stats, per_range};
-use crate::turn::{RENEW_EVERY, Turns, Waiter};
+use crate::turn::{Allocations, Claim, Posted, RENEW_EVERY, Turns, Waiter};
 use k8s_openapi::jiff::Timestamp;
 
 /// Most requests folded into one pool write (bounds the patch size and the time a batch holds
@@ -65,6 +65,17 @@ const TURN_POLL: std::time::Duration = std::time::Duration::from_millis(5);
 /// A batch stops waiting for its turn this long before its deadline (or a quarter of the
 /// budget, if less) and writes regardless.
 const TURN_MARGIN: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A pool where a batch saw other nodes this recently counts as contended for the next batch:
+/// it queues for a turn (and posts) instead of racing. Without this memory, every burst round
+/// that served the whole line would leave it empty, and the nodes' next batches would all write
+/// at once and all but one lose.
+const CONTENTION_MEMORY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// How long a node whose turn came waits for the posts of nodes whose batches started with its
+/// own (each post is a Lease write and a watch event away), so that one write carries them too
+/// instead of leaving them for another write of the large pool.
+const GATHER: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// After a lost write, how long to wait for the winner's version to arrive through the watch
 /// before reading it (quorum) instead.
@@ -251,9 +262,16 @@ async fn run_pool(
     stats: Arc<BatchStats>,
 ) {
     let mut last_written: Option<IPPool> = None;
+    // When a batch last saw other nodes at this pool.
+    let mut contended_at: Option<tokio::time::Instant> = None;
     while let Some(first) = queue.recv().await {
         let mut jobs = vec![first];
-        let (result, written) = settle(&ipam, &pool, last_written.take(), &mut jobs, &mut queue).await;
+        let hot = contended_at.is_some_and(|at| at.elapsed() < CONTENTION_MEMORY);
+        let (result, written, contended) =
+            settle(&ipam, &pool, last_written.take(), hot, &mut jobs, &mut queue).await;
+        if contended {
+            contended_at = Some(tokio::time::Instant::now());
+        }
         last_written = written;
         stats.batches.fetch_add(1, Ordering::Relaxed);
         stats.requests.fetch_add(jobs.len() as u64, Ordering::Relaxed);
@@ -274,7 +292,7 @@ pub(crate) async fn allocate_one(ipam: &KubeIpam, req: AllocationRequest) -> Res
     let mut jobs = vec![Job::Allocate { req, reply }];
     // Nobody else sends on this queue: the batch is exactly this one request.
     let (_sender, mut queue) = mpsc::unbounded_channel();
-    let (result, _) = settle(ipam, &name, None, &mut jobs, &mut queue).await;
+    let (result, _, _) = settle(ipam, &name, None, false, &mut jobs, &mut queue).await;
     match result.into_outcomes(1).into_iter().next() {
         Some(Outcome::Allocated(o)) => Ok(o),
         Some(Outcome::Failed(e)) => Err(e),
@@ -359,6 +377,19 @@ fn placeholder() -> Reservation {
     }
 }
 
+/// Where a batch looks for new addresses.
+#[derive(Debug, Default)]
+struct Search {
+    /// Offsets to leave alone (placeholders while the batch is computed): those whose
+    /// overlapping-range reservation another attachment holds, and those other waiting nodes
+    /// posted.
+    avoid: BTreeSet<u128>,
+    /// New dynamic addresses are searched from this point of the range on (taken modulo its
+    /// size) instead of from its start, so that nodes computing batches at the same moment pick
+    /// different addresses to post.
+    from: Option<u64>,
+}
+
 /// An attachment as a map key.
 type OwnerKey = (String, Option<String>, String);
 
@@ -368,14 +399,20 @@ fn owner_key(o: &Owner) -> OwnerKey {
 
 /// Run the requests in order on `doc`. Jobs with a final failure (`failed`) are skipped
 /// (`None`). Returns the outcomes, the document to write and whether it changed.
+///
+/// `published` maps the offsets this batch posted for carrying to their jobs: an attachment
+/// found at an offset its own job posted got it from this batch (carried by another node), so
+/// it does not count as held before.
 fn compute(
     name: &str,
     doc: PoolDoc,
     requests: &[JobRequest<'_>],
-    blocked: &BTreeSet<u128>,
+    search: &Search,
     failed: &[Option<IpamError>],
     held_before: &mut [Option<bool>],
+    published: &HashMap<u128, usize>,
 ) -> (Vec<Option<Outcome>>, PoolDoc, bool) {
+    let blocked = &search.avoid;
     let mut doc = doc;
     let placeholders: Vec<u128> = blocked
         .iter()
@@ -389,7 +426,12 @@ fn compute(
     let now = unix_now();
     let mut dirty = false;
     let mut outcomes = Vec::with_capacity(requests.len());
-    for ((request, failure), held) in requests.iter().zip(failed).zip(held_before.iter_mut()) {
+    for (job, ((request, failure), held)) in requests
+        .iter()
+        .zip(failed)
+        .zip(held_before.iter_mut())
+        .enumerate()
+    {
         if failure.is_some() {
             outcomes.push(None);
             continue;
@@ -405,13 +447,27 @@ fn compute(
                 // first document the batch sees that it did not write itself.
                 let held_before = *held.get_or_insert_with(|| {
                     docs.get(name).is_some_and(|d| {
-                        d.allocations
-                            .values()
-                            .any(|r| req.owner.is_attachment_of(&r.id, &r.podref, &r.ifname))
+                        d.allocations.iter().any(|(offset, r)| {
+                            req.owner.is_attachment_of(&r.id, &r.podref, &r.ifname)
+                                && published.get(offset) != Some(&job)
+                        })
                     })
                 });
                 let mut pure = (*req).clone();
                 pure.overlapping_ranges = false;
+                if let Some(seed) = search.from
+                    && pure.requested.is_empty()
+                    && let Some(range) = pure.ranges.first_mut()
+                {
+                    let (start, end) = range.bounds();
+                    if let Some(from) = end
+                        .checked_sub(start)
+                        .and_then(|span| span.checked_add(1))
+                        .and_then(|len| range.ip_at(start + u128::from(seed) % len))
+                    {
+                        range.start = from;
+                    }
+                }
                 match pool::allocate_in(&mut docs, &pure, now) {
                     Ok((allocs, changed)) => {
                         dirty |= !changed.is_empty();
@@ -472,6 +528,128 @@ fn range_outcome(
     })
 }
 
+/// What `doc` adds to `current`, the pool it was computed on, in the pool's own form; `None`
+/// when it also removes or changes an entry (a release, an eviction) or there is no pool yet:
+/// only additions can be carried by another node's write.
+fn additions(current: Option<&IPPool>, doc: &PoolDoc) -> Option<Allocations> {
+    let held = &current?.spec.allocations;
+    let mut added = Allocations::new();
+    let mut kept = 0_usize;
+    for (offset, r) in &doc.allocations {
+        let key = offset.to_string();
+        let entry = allocation_of(r);
+        match held.get(&key) {
+            Some(e) if *e == entry => kept += 1,
+            Some(_) => return None,
+            None => {
+                added.insert(key, entry);
+            }
+        }
+    }
+    (kept == held.len()).then_some(added)
+}
+
+/// An attachment as the pool stores it, for the lookups of [`carry`].
+type EntryKey = (String, String);
+
+/// Adds to `doc` what other waiting nodes posted, in line order, each node's allocations all or
+/// none: every offset inside the range and free (or holding that very entry already), and no
+/// attachment of them holding another address of the pool. Returns the marks of the turns it
+/// served (for [`crate::turn::DONE_ANNOTATION`]) and how many allocations it added.
+fn carry(doc: &mut PoolDoc, posted: &[Posted], now: u64) -> (Vec<String>, u64) {
+    let mut marks = Vec::new();
+    let mut added = 0;
+    if posted.iter().all(|p| p.pending.is_empty()) {
+        return (marks, added);
+    }
+    // Where each attachment is, by (podref, ifname) and by (container id, ifname): the two ways
+    // an owner recognises its entry (`Owner::is_attachment_of`).
+    let mut by_pod: HashMap<EntryKey, u128> = HashMap::new();
+    let mut by_id: HashMap<EntryKey, u128> = HashMap::new();
+    for (offset, r) in &doc.allocations {
+        if !r.podref.is_empty() {
+            by_pod.insert((r.podref.clone(), r.ifname.clone()), *offset);
+        }
+        by_id.insert((r.id.clone(), r.ifname.clone()), *offset);
+    }
+    'waiters: for p in posted.iter().filter(|p| !p.pending.is_empty()) {
+        let mut entries = Vec::with_capacity(p.pending.len());
+        for (key, e) in &p.pending {
+            let Ok(offset) = key.parse::<u128>() else {
+                continue 'waiters;
+            };
+            if doc.ip_at(offset).is_none() {
+                continue 'waiters;
+            }
+            let free = doc
+                .allocations
+                .get(&offset)
+                .is_none_or(|r| allocation_of(r) == *e);
+            let elsewhere = |at: Option<&u128>| at.is_some_and(|at| *at != offset);
+            let pod = (e.podref.clone(), e.ifname.clone());
+            let id = (e.id.clone(), e.ifname.clone());
+            if !free || (!e.podref.is_empty() && elsewhere(by_pod.get(&pod))) || elsewhere(by_id.get(&id)) {
+                continue 'waiters;
+            }
+            entries.push((offset, e, pod, id));
+        }
+        for (offset, e, pod, id) in entries {
+            if doc.allocations.contains_key(&offset) {
+                continue;
+            }
+            doc.allocations.insert(
+                offset,
+                Reservation {
+                    id: e.id.clone(),
+                    podref: e.podref.clone(),
+                    ifname: e.ifname.clone(),
+                    time: Some(now),
+                },
+            );
+            if !e.podref.is_empty() {
+                by_pod.insert(pod, offset);
+            }
+            by_id.insert(id, offset);
+            added += 1;
+        }
+        marks.push(p.waiter.mark());
+    }
+    (marks, added)
+}
+
+/// Where a newer pool leaves what a waiting batch posted.
+#[derive(Debug, PartialEq, Eq)]
+enum Posting {
+    /// Every posted allocation is in it: another node's write carried the batch.
+    Carried,
+    /// One of the posted offsets holds someone else now: the batch must be redone (and posted
+    /// again).
+    Collided,
+    /// Not written yet, still free.
+    Open,
+}
+
+fn judge(pool: &IPPool, pending: &Allocations) -> Posting {
+    let mut all = true;
+    for (key, entry) in pending {
+        match pool.spec.allocations.get(key) {
+            Some(held) if held == entry => {}
+            Some(_) => return Posting::Collided,
+            None => all = false,
+        }
+    }
+    if all { Posting::Carried } else { Posting::Open }
+}
+
+/// Whether every job of a batch got an address that it posted itself (so a pool that shows them
+/// all was written, with them, after they were posted: another node carried the batch).
+fn all_carried(outcomes: &[Option<Outcome>], published: &HashMap<u128, usize>) -> bool {
+    !outcomes.is_empty()
+        && outcomes.iter().enumerate().all(
+            |(i, o)| matches!(o, Some(Outcome::Allocated(out)) if published.get(&out.offset) == Some(&i)),
+        )
+}
+
 /// A turn-Lease write, given at most [`RENEW_EVERY`]: the queue is advisory, and a batch must
 /// not hang on it while the API server does not answer.
 async fn bounded(write: impl std::future::Future<Output = Result<(), kube::Error>>) -> Result<(), String> {
@@ -479,6 +657,15 @@ async fn bounded(write: impl std::future::Future<Output = Result<(), kube::Error
         Ok(result) => result.map_err(|e| e.to_string()),
         Err(_) => Err(format!("no answer within {RENEW_EVERY:?}")),
     }
+}
+
+/// A batch's place in line for its pool.
+struct Place {
+    me: Waiter,
+    /// When the Lease was last written.
+    renewed: tokio::time::Instant,
+    /// Whether that write went through (if not, the watch may never show the place).
+    queued: bool,
 }
 
 /// How a wait for a turn ended.
@@ -492,34 +679,70 @@ enum TurnWait {
 }
 
 /// Wait until it is `me`'s turn at pool `name` (or `until`); the place in line is renewed every
-/// [`RENEW_EVERY`] meanwhile. The versions the others write meanwhile are not looked at: only
-/// when the turn comes is the batch redone, once, on the newest one.
+/// [`RENEW_EVERY`] meanwhile, with `pending`, what the batch posted. The versions the others
+/// write meanwhile are only looked at for the posted offsets: when one carried them all or gave
+/// one to someone else, the batch is redone on it right away; otherwise only when the turn
+/// comes, once, on the newest one.
 async fn wait_for_turn(
     ipam: &KubeIpam,
     turns: &Turns,
     name: &str,
-    me: &Waiter,
-    renewed: &mut tokio::time::Instant,
+    place: &mut Place,
     current_rv: Option<&str>,
     until: tokio::time::Instant,
+    pending: &Allocations,
 ) -> TurnWait {
     loop {
+        if !pending.is_empty()
+            && ipam
+                .inspect_watched_newer(name, current_rv, |p| judge(p, pending))
+                .is_some_and(|posting| posting != Posting::Open)
+            && let Some(newer) = ipam.watched_newer(name, current_rv)
+        {
+            return TurnWait::Newer(Box::new(newer));
+        }
         let done = ipam.watched_annotation(name, crate::turn::DONE_ANNOTATION);
-        if turns.my_turn(ipam.namespace(), name, me, done.as_deref()) {
-            return match ipam.watched_newer(name, current_rv) {
-                Some(newer) => TurnWait::Newer(Box::new(newer)),
-                None => TurnWait::Mine,
-            };
+        // Only once the watch shows this node's own place: nodes that queued at the same
+        // moment then see each other, and only the first of them writes.
+        if (!place.queued || turns.sees(ipam.namespace(), name, &place.me))
+            && turns.my_turn(ipam.namespace(), name, &place.me, done.as_deref())
+        {
+            if let Some(newer) = ipam.watched_newer(name, current_rv) {
+                return TurnWait::Newer(Box::new(newer));
+            }
+            // One writer per pool version: claim it, unless another node's claim on this version
+            // is under way (its write will show in the watch) or the copy here is behind.
+            match current_rv.map(|rv| (rv, turns.claim_of(ipam.namespace(), name, rv))) {
+                None => return TurnWait::Mine,
+                Some((_, Claim::Taken | Claim::Behind)) => {}
+                Some((rv, Claim::Open(seen))) => {
+                    match tokio::time::timeout(RENEW_EVERY, turns.claim(&ipam.leases(), name, rv, seen)).await
+                    {
+                        Ok(Ok(true)) => return TurnWait::Mine,
+                        Ok(Ok(false)) => Stats::bump(&ipam.stats.claims_lost),
+                        // Advisory: the write's resourceVersion still decides.
+                        Ok(Err(e)) => {
+                            tracing::debug!(pool = %name, error = %e, "could not claim the pool's writer Lease");
+                            return TurnWait::Mine;
+                        }
+                        Err(_) => return TurnWait::Mine,
+                    }
+                }
+            }
         }
         let now = tokio::time::Instant::now();
         if now >= until {
             return TurnWait::TimeUp;
         }
-        if now.duration_since(*renewed) >= RENEW_EVERY {
-            *renewed = now;
-            if let Err(e) = bounded(turns.queue(&ipam.leases(), name, me)).await {
-                tracing::debug!(pool = %name, error = %e, "could not renew the place in line");
-            }
+        if now.duration_since(place.renewed) >= RENEW_EVERY {
+            place.renewed = now;
+            place.queued = match bounded(turns.queue(&ipam.leases(), name, &place.me, pending)).await {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::debug!(pool = %name, error = %e, "could not renew the place in line");
+                    false
+                }
+            };
         }
         tokio::time::sleep_until((tokio::time::Instant::now() + TURN_POLL).min(until)).await;
     }
@@ -538,13 +761,17 @@ async fn wait_for_turn(
 /// Before every attempt that starts afresh (the first, and each after a 409), the requests
 /// queued meanwhile join the batch (up to [`MAX_BATCH`]): under contention a node then writes
 /// once per round with everything it has, instead of once per request.
+///
+/// `hot`: an earlier batch saw other nodes at this pool moments ago, so this one takes a turn
+/// from the start. The last value returned says whether this batch saw them.
 async fn settle(
     ipam: &KubeIpam,
     name: &str,
     cached: Option<IPPool>,
+    hot: bool,
     jobs: &mut Vec<Job>,
     queue: &mut mpsc::UnboundedReceiver<Job>,
-) -> (BatchResult, Option<IPPool>) {
+) -> (BatchResult, Option<IPPool>, bool) {
     let started_at = tokio::time::Instant::now();
     let what = format!("writing IPPool `{}/{name}`", ipam.namespace());
     // Offsets whose overlapping-range reservation another attachment holds.
@@ -563,10 +790,17 @@ async fn settle(
     let mut fresh = false;
     let mut attempt: u32 = 0;
     let mut conflicts: u32 = 0;
-    // Whether other nodes were seen writing this pool (a lost write, or a rebase).
-    let mut contended = false;
-    // This batch's place in line for the pool (crate::turn) and when it was last renewed.
-    let mut place: Option<(Waiter, tokio::time::Instant)> = None;
+    // Whether other nodes were seen at this pool (a lost write, a rebase, a turn, a carried
+    // batch), now or by a batch moments ago.
+    let mut contended = hot;
+    // This batch's place in line for the pool (crate::turn).
+    let mut place: Option<Place> = None;
+    // What the batch posted on its turn Lease for another node to carry, and every offset it
+    // ever posted → the job it was for.
+    let mut posted = Allocations::new();
+    let mut published: HashMap<u128, usize> = HashMap::new();
+    // Where this batch searches for new addresses under contention (`Search::from`).
+    let mut spread: Option<u64> = None;
 
     let (result, written) = loop {
         // Take in what was queued meanwhile, unless this batch already holds reservations it
@@ -652,8 +886,58 @@ async fn settle(
                 evicted = true;
             }
         }
-        let (outcomes, doc, computed_dirty) =
-            compute(name, doc, requests, &blocked, &failed, &mut held_before);
+        // Keep off the offsets other waiting nodes posted (the next write in turn carries them),
+        // unless that leaves this batch without addresses.
+        let others: BTreeSet<u128> = ipam
+            .turns()
+            .map(|t| t.posted_by_others(ipam.namespace(), name))
+            .unwrap_or_default()
+            .iter()
+            .flat_map(|p| p.pending.keys().filter_map(|k| k.parse::<u128>().ok()))
+            .collect();
+        // Under contention, new addresses are searched from a point of the range drawn once per
+        // batch, so that batches computed at the same moment post different ones.
+        if spread.is_none()
+            && let Some(turns) = ipam.turns()
+            && (contended || !others.is_empty() || turns.others_waiting(ipam.namespace(), name))
+        {
+            spread = Some(fastrand::u64(..));
+        }
+        let plain = Search {
+            avoid: blocked.clone(),
+            from: None,
+        };
+        let spread_out = Search {
+            avoid: blocked.union(&others).copied().collect(),
+            from: spread,
+        };
+        let unspread = (!others.is_empty() || spread.is_some()).then(|| doc.clone());
+        let (mut outcomes, mut doc, mut computed_dirty) = compute(
+            name,
+            doc,
+            requests,
+            &spread_out,
+            &failed,
+            &mut held_before,
+            &published,
+        );
+        if let Some(unspread) = unspread
+            && outcomes
+                .iter()
+                .any(|o| matches!(o, Some(Outcome::Failed(IpamError::Exhausted { .. }))))
+        {
+            // Short of addresses past the point or beside the posted ones: from the start, and
+            // regardless of what others posted.
+            (outcomes, doc, computed_dirty) = compute(
+                name,
+                unspread,
+                requests,
+                &plain,
+                &failed,
+                &mut held_before,
+                &published,
+            );
+        }
         let dirty = computed_dirty || evicted;
 
         let current_rv = current.as_ref().and_then(|p| p.metadata.resource_version.clone());
@@ -669,23 +953,67 @@ async fn settle(
         // Under contention, wait for this node's turn instead of sending a write that would
         // most likely lose (crate::turn; advisory: the resourceVersion still decides).
         let mut turn_used = None;
+        let mut carried = 0;
         if dirty && let Some(turns) = ipam.turns() {
-            if place.is_none() && (contended || turns.others_waiting(ipam.namespace(), name)) {
-                let me = Waiter {
-                    since: Timestamp::now(),
-                    node: turns.node().to_string(),
-                };
-                if let Err(e) = bounded(turns.queue(&ipam.leases(), name, &me)).await {
-                    tracing::debug!(pool = %name, error = %e, "could not queue for a turn");
+            let join = place.is_none() && (contended || turns.others_waiting(ipam.namespace(), name));
+            if join || place.is_some() {
+                // Post what this batch adds, for the node whose turn comes first to carry.
+                let pending = additions(current.as_ref(), &doc).unwrap_or_default();
+                if join || pending != posted {
+                    for (i, o) in outcomes.iter().enumerate() {
+                        if let Some(Outcome::Allocated(out)) = o
+                            && pending.contains_key(&out.offset.to_string())
+                        {
+                            published.insert(out.offset, i);
+                        }
+                    }
+                    let me = match &place {
+                        Some(p) => p.me.clone(),
+                        None => Waiter {
+                            since: Timestamp::now(),
+                            node: turns.node().to_string(),
+                        },
+                    };
+                    let queued = match bounded(turns.queue(&ipam.leases(), name, &me, &pending)).await {
+                        Ok(()) => true,
+                        Err(e) => {
+                            tracing::debug!(pool = %name, error = %e, "could not queue for a turn");
+                            false
+                        }
+                    };
+                    place = Some(Place {
+                        me,
+                        renewed: tokio::time::Instant::now(),
+                        queued,
+                    });
+                    posted = pending;
                 }
-                place = Some((me, tokio::time::Instant::now()));
             }
-            if let Some((me, renewed)) = &mut place {
+            if let Some(place) = &mut place {
                 let until = deadline
                     .checked_sub((ipam.retry.budget / 4).min(TURN_MARGIN))
                     .unwrap_or(deadline);
-                match wait_for_turn(ipam, turns, name, me, renewed, current_rv.as_deref(), until).await {
-                    TurnWait::Mine => turn_used = Some(me.mark()),
+                let waited =
+                    wait_for_turn(ipam, turns, name, place, current_rv.as_deref(), until, &posted).await;
+                let me = &place.me;
+                match waited {
+                    TurnWait::Mine => {
+                        // The others' posted batches ride on this write. Nodes whose batches
+                        // started with this one post a few ms later: give them that long (the
+                        // claim keeps every other writer back meanwhile).
+                        if place.queued {
+                            tokio::time::sleep(GATHER).await;
+                        }
+                        let others = turns.posted_by_others(ipam.namespace(), name);
+                        let (served, added) = carry(&mut doc, &others, unix_now());
+                        carried = added;
+                        turn_used = Some(
+                            std::iter::once(me.mark())
+                                .chain(served)
+                                .collect::<Vec<_>>()
+                                .join(","),
+                        );
+                    }
                     TurnWait::Newer(newer) => {
                         Stats::bump(&ipam.stats.rebases);
                         base = Some(*newer);
@@ -700,13 +1028,21 @@ async fn settle(
             }
         }
         let written = if dirty {
+            let in_turn = turn_used.is_some();
             match ipam
                 .write_pool(name, current.as_ref(), &doc, attempt, turn_used)
                 .await
             {
-                Ok(w) => Some(w),
+                Ok(w) => {
+                    ipam.stats.carried.fetch_add(carried, Ordering::Relaxed);
+                    Some(w)
+                }
                 Err(e) => {
                     let lost = matches!(&e, kube::Error::Api(s) if s.code == 409);
+                    if lost {
+                        tracing::debug!(pool = %name, attempt, in_turn, queued = place.is_some(), carried,
+                            base = current_rv.as_deref().unwrap_or(""), "pool write lost");
+                    }
                     if let Err(e) = ipam
                         .retry_after_write_failure(e, &what, attempt, started, deadline, &mut conflicts)
                         .await
@@ -731,17 +1067,21 @@ async fn settle(
                     continue;
                 }
             }
-        } else if !fresh {
+        } else if !fresh && !all_carried(&outcomes, &published) {
             // Nothing to write, decided on a copy that may be stale (the last write's answer or
             // the API server's cache): an answer that is not validated by a write must come from
             // a quorum read, or a release could report "nothing held" and an idempotent ADD
-            // return an address that was freed meanwhile.
+            // return an address that was freed meanwhile. (Not so when every address is one the
+            // batch posted: that copy holds another node's write made after the post.)
             fresh = true;
             base = None;
             held_before.iter_mut().for_each(|h| *h = None);
             attempt += 1;
             continue;
         } else {
+            if !fresh {
+                Stats::bump(&ipam.stats.carried_in);
+            }
             current
         };
         // What we just wrote is the current pool (the redo below starts from it).
@@ -832,6 +1172,7 @@ async fn settle(
         break (BatchResult::PerJob(outs), written);
     };
 
+    let place_taken = place.is_some();
     if let (Some(turns), Some(_)) = (ipam.turns(), &place) {
         // Out of line before this worker's next batch can queue again, so that a late "leave"
         // never clears the next batch's place. (The next in line does not wait for this: it goes
@@ -920,5 +1261,200 @@ async fn settle(
         }
         whole => whole,
     };
-    (result, written)
+    (result, written, contended || place_taken)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{IPAllocation, IPPoolSpec};
+    use netattach_ipam::range::IpRange;
+
+    fn entry(pod: &str) -> IPAllocation {
+        IPAllocation {
+            id: format!("ctr-{pod}"),
+            podref: format!("ns/{pod}"),
+            ifname: "net1".into(),
+        }
+    }
+
+    fn allocations(entries: &[(u128, &str)]) -> Allocations {
+        entries
+            .iter()
+            .map(|(offset, pod)| (offset.to_string(), entry(pod)))
+            .collect()
+    }
+
+    fn pool(entries: &[(u128, &str)]) -> IPPool {
+        IPPool::new(
+            "net-198.18.7.0-24",
+            IPPoolSpec {
+                range: "198.18.7.0/24".into(),
+                allocations: allocations(entries),
+            },
+        )
+    }
+
+    fn doc(entries: &[(u128, &str)]) -> PoolDoc {
+        let p = pool(entries);
+        doc_from_pool("ns", "net-198.18.7.0-24", &p.spec).expect("doc")
+    }
+
+    fn posted(node: &str, secs: i64, entries: &[(u128, &str)]) -> Posted {
+        Posted {
+            waiter: Waiter {
+                since: Timestamp::from_second(1_700_000_000 + secs).unwrap_or(Timestamp::UNIX_EPOCH),
+                node: node.into(),
+            },
+            pending: allocations(entries),
+        }
+    }
+
+    #[test]
+    fn only_a_batch_that_adds_and_nothing_else_can_be_carried() {
+        let base = pool(&[(1, "a"), (2, "b")]);
+        assert_eq!(
+            additions(Some(&base), &doc(&[(1, "a"), (2, "b"), (3, "c"), (9, "d")])),
+            Some(allocations(&[(3, "c"), (9, "d")]))
+        );
+        assert_eq!(
+            additions(Some(&base), &doc(&[(2, "b"), (3, "c")])),
+            None,
+            "a release"
+        );
+        assert_eq!(
+            additions(Some(&base), &doc(&[(1, "a"), (2, "x"), (3, "c")])),
+            None,
+            "an entry changed hands"
+        );
+        assert_eq!(additions(None, &doc(&[(3, "c")])), None, "the pool is created");
+    }
+
+    #[test]
+    fn a_waiters_allocations_are_carried_all_or_none_in_line_order() {
+        let mut d = doc(&[(1, "a")]);
+        let (served, added) = carry(
+            &mut d,
+            &[
+                posted("node-2", 1, &[(2, "b"), (3, "c")]),
+                // Collides with node-2 on offset 3: not carried at all, not even offset 4.
+                posted("node-3", 2, &[(3, "x"), (4, "y")]),
+                // Its attachment already holds offset 1: not carried.
+                posted("node-4", 3, &[(5, "a")]),
+                // Out of the /24.
+                posted("node-5", 4, &[(256, "z")]),
+                posted("node-6", 5, &[(7, "g")]),
+                posted("node-7", 6, &[]),
+            ],
+            42,
+        );
+        assert_eq!(added, 3);
+        assert_eq!(
+            served,
+            vec![
+                posted("node-2", 1, &[]).waiter.mark(),
+                posted("node-6", 5, &[]).waiter.mark()
+            ]
+        );
+        let held: Vec<u128> = d.allocations.keys().copied().collect();
+        assert_eq!(held, vec![1, 2, 3, 7]);
+        assert_eq!(d.allocations.get(&3).map(|r| r.id.as_str()), Some("ctr-c"));
+    }
+
+    #[test]
+    fn a_waiter_already_in_the_pool_is_served_without_adding_twice() {
+        let mut d = doc(&[(1, "a"), (2, "b")]);
+        let (served, added) = carry(&mut d, &[posted("node-2", 1, &[(2, "b")])], 42);
+        assert_eq!((served.len(), added), (1, 0));
+        assert_eq!(d.allocations.len(), 2);
+    }
+
+    #[test]
+    fn a_newer_pool_carried_collided_or_left_open_what_was_posted() {
+        let pending = allocations(&[(2, "b"), (3, "c")]);
+        assert_eq!(
+            judge(&pool(&[(1, "a"), (2, "b"), (3, "c")]), &pending),
+            Posting::Carried
+        );
+        assert_eq!(judge(&pool(&[(1, "a"), (2, "b")]), &pending), Posting::Open);
+        assert_eq!(judge(&pool(&[(2, "b"), (3, "x")]), &pending), Posting::Collided);
+    }
+
+    #[test]
+    fn an_address_the_batch_posted_and_got_carried_counts_as_new() {
+        let range = IpRange::parse("198.18.7.0/24", None, None, &[], None).expect("range");
+        let req = AllocationRequest::new(
+            Owner::new("ctr-b", Some("ns/b".into()), "net1"),
+            vec![range],
+            Some("net".into()),
+        );
+        let requests = [JobRequest::Allocate(&req)];
+        let carried_pool = doc(&[(1, "a"), (2, "b")]);
+        let run = |published: &HashMap<u128, usize>| {
+            let mut held = vec![None];
+            let (outcomes, _, dirty) = compute(
+                "net-198.18.7.0-24",
+                carried_pool.clone(),
+                &requests,
+                &Search::default(),
+                &[None],
+                &mut held,
+                published,
+            );
+            let new = match outcomes.first() {
+                Some(Some(Outcome::Allocated(o))) => Some((o.offset, o.new)),
+                _ => None,
+            };
+            (new, dirty, all_carried(&outcomes, published))
+        };
+        // Posted by this batch (job 0): the same address, new, and nothing to write.
+        assert_eq!(run(&HashMap::from([(2, 0)])), (Some((2, true)), false, true));
+        // Not posted by it: the attachment held it before (an idempotent ADD).
+        assert_eq!(run(&HashMap::new()), (Some((2, false)), false, false));
+    }
+
+    #[test]
+    fn a_spread_search_starts_at_its_point_and_keeps_off_what_others_posted() {
+        let range = IpRange::parse("198.18.7.0/24", None, None, &[], None).expect("range");
+        let req = |pod: &str| {
+            AllocationRequest::new(
+                Owner::new(format!("ctr-{pod}"), Some(format!("ns/{pod}")), "net1"),
+                vec![range.clone()],
+                Some("net".into()),
+            )
+        };
+        let (x, y) = (req("x"), req("y"));
+        let requests = [JobRequest::Allocate(&x), JobRequest::Allocate(&y)];
+        let offsets = |search: &Search| {
+            let mut held = vec![None, None];
+            let (outcomes, doc, _) = compute(
+                "net-198.18.7.0-24",
+                doc(&[(1, "a"), (101, "b")]),
+                &requests,
+                search,
+                &[None, None],
+                &mut held,
+                &HashMap::new(),
+            );
+            let got: Vec<Option<u128>> = outcomes
+                .iter()
+                .map(|o| match o {
+                    Some(Outcome::Allocated(o)) => Some(o.offset),
+                    _ => None,
+                })
+                .collect();
+            (got, doc.allocations.len())
+        };
+        assert_eq!(offsets(&Search::default()), (vec![Some(2), Some(3)], 4));
+        // The usable offsets are 1..=254: point 100 is offset 101 (held), then 102; 103 was posted.
+        let spread = Search {
+            avoid: BTreeSet::from([103]),
+            from: Some(100 + 254 * 7),
+        };
+        assert_eq!(
+            offsets(&spread),
+            (vec![Some(102), Some(104)], 4),
+            "no placeholder is left behind"
+        );
+    }
 }

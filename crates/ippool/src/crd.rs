@@ -140,7 +140,8 @@ pub fn spec_from_doc(doc: &PoolDoc) -> IPPoolSpec {
     }
 }
 
-fn allocation_of(r: &Reservation) -> IPAllocation {
+/// The `IPPool` entry of a reservation.
+pub(crate) fn allocation_of(r: &Reservation) -> IPAllocation {
     IPAllocation {
         id: r.id.clone(),
         podref: r.podref.clone(),

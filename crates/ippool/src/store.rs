@@ -87,6 +87,14 @@ pub struct Stats {
     /// Overlapping-range reservation reads (GET): to see who holds one that exists, or before
     /// deleting one this store did not create (or that changed since).
     pub orip_reads: AtomicU64,
+    /// Allocations of other nodes' batches this store wrote with its own (in its turn, from
+    /// what they posted on their turn Leases).
+    pub carried: AtomicU64,
+    /// Batches of this store that another node's write carried (no write of its own).
+    pub carried_in: AtomicU64,
+    /// Claims of a pool's writer Lease that another node made first (each saved a write that
+    /// would have lost).
+    pub claims_lost: AtomicU64,
 }
 
 /// A copy of [`Stats`].
@@ -106,6 +114,12 @@ pub struct StatsSnapshot {
     pub rebases: u64,
     /// See [`Stats::orip_reads`].
     pub orip_reads: u64,
+    /// See [`Stats::carried`].
+    pub carried: u64,
+    /// See [`Stats::carried_in`].
+    pub carried_in: u64,
+    /// See [`Stats::claims_lost`].
+    pub claims_lost: u64,
 }
 
 impl Stats {
@@ -118,6 +132,9 @@ impl Stats {
             reads: self.reads.load(Ordering::Relaxed),
             rebases: self.rebases.load(Ordering::Relaxed),
             orip_reads: self.orip_reads.load(Ordering::Relaxed),
+            carried: self.carried.load(Ordering::Relaxed),
+            carried_in: self.carried_in.load(Ordering::Relaxed),
+            claims_lost: self.claims_lost.load(Ordering::Relaxed),
         }
     }
 
@@ -528,6 +545,21 @@ impl KubeIpam {
         let view = self.view.as_ref()?;
         let p = view.get(&ObjectRef::new(name).within(&self.namespace))?;
         p.annotations().get(key).cloned()
+    }
+
+    /// `look` at the watch's copy of pool `name` when it is newer than resourceVersion `than`,
+    /// without copying it (see [`KubeIpam::watched_newer`]).
+    pub(crate) fn inspect_watched_newer<T>(
+        &self,
+        name: &str,
+        than: Option<&str>,
+        look: impl FnOnce(&IPPool) -> T,
+    ) -> Option<T> {
+        let than: u64 = than?.parse().ok()?;
+        let view = self.view.as_ref()?;
+        let p = view.get(&ObjectRef::new(name).within(&self.namespace))?;
+        let rv: u64 = p.metadata.resource_version.as_deref()?.parse().ok()?;
+        (rv > than).then(|| look(&p))
     }
 
     /// The watch's copy of pool `name` (`None` without a view, or when it does not hold one).

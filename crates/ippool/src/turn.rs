@@ -19,31 +19,54 @@
 //! whereabouts) costs at most a 409. A waiter whose Lease has not changed for [`LIVE_FOR`] (its
 //! daemon died) is skipped, and a batch near its deadline writes regardless.
 //!
+//! A waiting node also posts the allocations its batch would write ([`PENDING_ANNOTATION`] on its
+//! Lease, whereabouts' own `{id, podref, ifname}` per decimal offset), and the node whose turn
+//! it is writes them together with its own when they still fit (the engine's carrying,
+//! `crate::batch`): under a burst one write then serves every waiting node instead of one, and
+//! the mark it leaves names every turn it served. Nodes that compute their batches meanwhile
+//! keep off the offsets others posted, so the posted sets rarely collide.
+//!
+//! Before a write in turn, the node claims the pool's **writer Lease** (one per pool: the node and
+//! the pool version it writes on, a resourceVersion-checked update). Nodes that queued at the
+//! same moment can each see themselves first for a few milliseconds (their Leases reach the
+//! others' watches late, and their clocks decide the order); the claim makes only one of them
+//! send the write, which costs the API server hundreds of ms of CPU for a large pool, where a
+//! lost claim costs one small refused update.
+//!
 //! A node leaves the line by deleting its Lease, so the Leases that exist are the nodes waiting
 //! now. What a dead daemon or a removed node leaves behind is deleted by [`sweep`] (the IPAM
 //! garbage collector's leader runs it with every reconcile), so nodes that come and go do not
 //! pile up Leases that every daemon watches.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::reflector::Store as WatchStore;
 use kube::{Api, ResourceExt};
 use serde_json::json;
 use tokio::time::Instant;
+
+use crate::crd::IPAllocation;
+
+/// Allocations by decimal offset, as an `IPPool` and [`PENDING_ANNOTATION`] hold them.
+pub type Allocations = BTreeMap<String, IPAllocation>;
 
 /// Label of every turn Lease (the daemons watch Leases with it).
 pub const TURN_LABEL: &str = "netattach.io/pool-turn";
 /// Annotation of a turn Lease: the pool it queues for.
 pub const POOL_ANNOTATION: &str = "netattach.io/pool";
 /// Annotation a write made in turn leaves on the pool: `<node> <acquireTime>` of the turn it
-/// used up.
+/// used up, then, comma-separated, those of the waiters whose allocations it carried.
 pub const DONE_ANNOTATION: &str = "netattach.io/last-turn";
+/// Annotation of a turn Lease: the allocations the waiting node's batch would add to the pool,
+/// as the JSON of whereabouts' `allocations` map (decimal offset → `{id, podref, ifname}`).
+pub const PENDING_ANNOTATION: &str = "netattach.io/pending";
 /// A waiter whose Lease has not changed for this long is taken for gone.
 pub const LIVE_FOR: Duration = Duration::from_secs(3);
 /// How often a waiting node renews its Lease.
@@ -51,6 +74,13 @@ pub const RENEW_EVERY: Duration = Duration::from_secs(1);
 /// A turn Lease not renewed for this long belongs to no live waiter (a waiter renews every
 /// [`RENEW_EVERY`]); [`sweep`] deletes it.
 pub const STALE_AFTER: Duration = Duration::from_secs(60);
+/// Annotation of a pool's writer Lease: the pool.
+pub const WRITER_ANNOTATION: &str = "netattach.io/pool-writer";
+/// Annotation of a pool's writer Lease: the resourceVersion of the pool the claim writes on.
+pub const BASE_ANNOTATION: &str = "netattach.io/base";
+/// A claim of the writer Lease older than this no longer holds others back (its node died, or
+/// its write failed).
+pub const CLAIM_FOR: Duration = Duration::from_secs(2);
 /// The field manager of the turn Leases.
 const MANAGER: &str = "netattach-pool-turn";
 
@@ -64,21 +94,50 @@ pub struct Waiter {
 }
 
 impl Waiter {
-    /// The [`DONE_ANNOTATION`] value of a write made in this turn.
+    /// The [`DONE_ANNOTATION`] value of a write made in this turn. The time is written to the
+    /// microsecond, as the Lease stores it (`MicroTime`), so that the mark a node makes of its
+    /// own place (nanoseconds) is the one the others make of its Lease.
     pub fn mark(&self) -> String {
-        format!("{} {}", self.node, self.since)
+        let since = k8s_openapi::jiff::fmt::strtime::format("%Y-%m-%dT%H:%M:%S%.6fZ", self.since)
+            .unwrap_or_else(|_| self.since.to_string());
+        format!("{} {since}", self.node)
     }
 }
 
 /// The first of `waiters` that is ahead of `me` (started waiting earlier; ties by node name),
-/// not counting the one whose turn `done` (the pool's [`DONE_ANNOTATION`]) says was used up.
+/// not counting those whose turns `done` (the pool's [`DONE_ANNOTATION`]) says were served.
 /// `None`: it is `me`'s turn.
 pub fn ahead_of<'a>(me: &Waiter, waiters: &'a [Waiter], done: Option<&str>) -> Option<&'a Waiter> {
+    let served = |w: &Waiter| {
+        let mark = w.mark();
+        done.is_some_and(|d| d.split(',').any(|m| m == mark))
+    };
     waiters
         .iter()
-        .filter(|w| w.node != me.node && done != Some(w.mark().as_str()))
+        .filter(|w| w.node != me.node && !served(w))
         .filter(|w| *w < me)
         .min()
+}
+
+/// Where a pool's writer Lease stands for a write on one pool version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// Free to claim: the Lease's resourceVersion as watched (`None`: there is none yet).
+    Open(Option<String>),
+    /// Another node claimed it for a write on this very version, moments ago: its write is
+    /// under way.
+    Taken,
+    /// Claimed for a newer version than the one given: the caller's copy of the pool is behind.
+    Behind,
+}
+
+/// Another node in line, with the allocations it posted.
+#[derive(Debug, Clone)]
+pub struct Posted {
+    /// Its place.
+    pub waiter: Waiter,
+    /// What its batch would add ([`PENDING_ANNOTATION`]); empty when it posted nothing.
+    pub pending: Allocations,
 }
 
 /// The turn Leases seen by the daemon's watch, and this node's place in them.
@@ -125,8 +184,113 @@ impl Turns {
         name
     }
 
+    /// The name of the writer Lease of `pool` ([`WRITER_ANNOTATION`]).
+    pub fn writer_lease_name(pool: &str) -> String {
+        let hash = pool.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+        format!("netattach-writer-{hash:016x}")
+    }
+
+    /// Where the writer Lease of `pool` stands for a write on pool version `base`, as the watch
+    /// has it.
+    pub fn claim_of(&self, namespace: &str, pool: &str, base: &str) -> Claim {
+        let name = Turns::writer_lease_name(pool);
+        let Some(lease) = self.view.get(&ObjectRef::new(&name).within(namespace)) else {
+            return Claim::Open(None);
+        };
+        let rv = lease.resource_version();
+        let spec = lease.spec.as_ref();
+        let holder = spec.and_then(|s| s.holder_identity.as_deref());
+        let claimed_on = lease
+            .annotations()
+            .get(BASE_ANNOTATION)
+            .and_then(|b| b.parse::<u64>().ok());
+        let fresh = spec
+            .and_then(|s| s.renew_time.as_ref())
+            .is_some_and(|MicroTime(t)| {
+                let age = Timestamp::now().duration_since(*t);
+                age < SignedDuration::try_from(CLAIM_FOR).unwrap_or(SignedDuration::MAX)
+            });
+        match (base.parse::<u64>().ok(), claimed_on) {
+            (Some(base), Some(on)) if fresh && on > base => Claim::Behind,
+            (Some(base), Some(on)) if fresh && on == base && holder != Some(self.node.as_str()) => {
+                Claim::Taken
+            }
+            _ => Claim::Open(rv),
+        }
+    }
+
+    /// Claim the writer Lease of `pool` for a write on pool version `base`: an update carrying
+    /// the Lease's resourceVersion `seen` (a create when there was none). `Ok(false)`: another
+    /// node claimed it first.
+    pub async fn claim(
+        &self,
+        api: &Api<Lease>,
+        pool: &str,
+        base: &str,
+        seen: Option<String>,
+    ) -> Result<bool, kube::Error> {
+        let name = Turns::writer_lease_name(pool);
+        let now = MicroTime(Timestamp::now());
+        let mut lease: Lease = serde_json::from_value(json!({
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {
+                "name": name,
+                "labels": {TURN_LABEL: "true"},
+                "annotations": {WRITER_ANNOTATION: pool, BASE_ANNOTATION: base},
+            },
+            "spec": {"holderIdentity": self.node, "leaseDurationSeconds": CLAIM_FOR.as_secs()},
+        }))
+        .map_err(kube::Error::SerdeError)?;
+        if let Some(spec) = lease.spec.as_mut() {
+            spec.acquire_time = Some(now.clone());
+            spec.renew_time = Some(now);
+        }
+        let res = match seen {
+            Some(rv) => {
+                lease.metadata.resource_version = Some(rv);
+                api.replace(&name, &PostParams::default(), &lease).await
+            }
+            None => api.create(&PostParams::default(), &lease).await,
+        };
+        match res {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The live waiters of `pool` in `namespace`, this node's included.
     pub fn waiters(&self, namespace: &str, pool: &str) -> Vec<Waiter> {
+        self.live(namespace, pool, |_| ())
+            .into_iter()
+            .map(|(w, ())| w)
+            .collect()
+    }
+
+    /// The other live waiters of `pool` in `namespace`, in line order, with what they posted (a
+    /// post that does not parse counts as none).
+    pub fn posted_by_others(&self, namespace: &str, pool: &str) -> Vec<Posted> {
+        let mut out: Vec<Posted> = self
+            .live(namespace, pool, |lease| {
+                lease
+                    .annotations()
+                    .get(PENDING_ANNOTATION)
+                    .and_then(|text| serde_json::from_str::<Allocations>(text).ok())
+                    .unwrap_or_default()
+            })
+            .into_iter()
+            .filter(|(w, _)| w.node != self.node)
+            .map(|(waiter, pending)| Posted { waiter, pending })
+            .collect();
+        out.sort_by(|a, b| a.waiter.cmp(&b.waiter));
+        out
+    }
+
+    /// The live waiters of `pool` in `namespace`, each with `extra` of its Lease.
+    fn live<T>(&self, namespace: &str, pool: &str, extra: impl Fn(&Lease) -> T) -> Vec<(Waiter, T)> {
         let now = Instant::now();
         let mut seen = self
             .seen
@@ -163,13 +327,22 @@ impl Turns {
                 continue;
             };
             if now.duration_since(first_seen) < LIVE_FOR {
-                out.push(Waiter {
+                let waiter = Waiter {
                     since: *since,
                     node: node.clone(),
-                });
+                };
+                out.push((waiter, extra(&lease)));
             }
         }
         out
+    }
+
+    /// Whether the watch shows `me`'s own place in line for `pool`: then every Lease written
+    /// before it is in the view too (a watch delivers in order), so no node that queued earlier
+    /// can be missing from what [`Turns::my_turn`] compares with.
+    pub fn sees(&self, namespace: &str, pool: &str, me: &Waiter) -> bool {
+        let mark = me.mark();
+        self.waiters(namespace, pool).iter().any(|w| w.mark() == mark)
     }
 
     /// Whether another node is waiting for `pool`.
@@ -183,10 +356,16 @@ impl Turns {
         ahead_of(me, &self.waiters(namespace, pool), done).is_none()
     }
 
-    /// Put this node in line for `pool` as `me` (or renew its place): one server-side apply of
-    /// its Lease.
-    pub async fn queue(&self, api: &Api<Lease>, pool: &str, me: &Waiter) -> Result<(), kube::Error> {
-        self.apply(api, pool, (me.since, Timestamp::now())).await
+    /// Put this node in line for `pool` as `me` (or renew its place), posting `pending` (what its
+    /// batch would add; empty: nothing to carry): one server-side apply of its Lease.
+    pub async fn queue(
+        &self,
+        api: &Api<Lease>,
+        pool: &str,
+        me: &Waiter,
+        pending: &Allocations,
+    ) -> Result<(), kube::Error> {
+        self.apply(api, pool, (me.since, Timestamp::now()), pending).await
     }
 
     /// Leave the line for `pool`: delete this node's Lease (already gone is fine).
@@ -203,8 +382,16 @@ impl Turns {
         api: &Api<Lease>,
         pool: &str,
         (since, renewed): (Timestamp, Timestamp),
+        pending: &Allocations,
     ) -> Result<(), kube::Error> {
         let name = self.lease_name(pool);
+        let mut annotations = serde_json::Map::new();
+        annotations.insert(POOL_ANNOTATION.into(), pool.into());
+        if !pending.is_empty() {
+            // Server-side apply: leaving the key out removes what the last apply posted.
+            let text = serde_json::to_string(pending).unwrap_or_default();
+            annotations.insert(PENDING_ANNOTATION.into(), text.into());
+        }
         let spec = json!({
             "holderIdentity": self.node,
             "leaseDurationSeconds": LIVE_FOR.as_secs(),
@@ -217,7 +404,7 @@ impl Turns {
             "metadata": {
                 "name": name,
                 "labels": {TURN_LABEL: "true"},
-                "annotations": {POOL_ANNOTATION: pool},
+                "annotations": annotations,
             },
             "spec": spec,
         });
@@ -307,6 +494,28 @@ mod tests {
         assert_eq!(ahead_of(&a, &all, Some(&b.mark())), None);
         // A mark of an older turn of b does not count for its current one.
         assert_eq!(ahead_of(&a, &all, Some(&w("node-b", 1).mark())), Some(&b));
+        // A write that carried b's allocations names its turn after the writer's.
+        let served = format!("{},{}", w("node-c", 1).mark(), b.mark());
+        assert_eq!(ahead_of(&a, &all, Some(&served)), None);
+    }
+
+    #[test]
+    fn the_mark_of_a_place_is_the_mark_of_its_lease() {
+        let since = Timestamp::from_nanosecond(1_700_000_000_123_456_789).unwrap_or(Timestamp::UNIX_EPOCH);
+        let mine = Waiter {
+            since,
+            node: "node-1".into(),
+        };
+        let stored: MicroTime =
+            serde_json::from_value(serde_json::to_value(MicroTime(since)).unwrap_or_default())
+                .unwrap_or(MicroTime(Timestamp::UNIX_EPOCH));
+        let seen = Waiter {
+            since: stored.0,
+            node: "node-1".into(),
+        };
+        assert_ne!(seen.since, mine.since, "the Lease keeps microseconds");
+        assert_eq!(seen.mark(), mine.mark());
+        assert_eq!(mine.mark(), "node-1 2023-11-14T22:13:20.123456Z");
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! cannot be served fails alone; releases and allocations mix in one batch; another node's write
 //! that the watch delivered is built on without a read or a lost write; a node that finds
 //! another waiting longer for a contended pool waits for that node's turn instead of sending a
-//! write to lose, and deletes its place when done; stale places are swept.
+//! write to lose, and deletes its place when done; the node whose turn comes writes what the
+//! nodes behind it posted, so they need no write of their own; stale places are swept.
 //!
 //! The first write of each test is held in the store's write hook until the test has queued
 //! the rest (the engine's `submitted` counter says when), so the batch composition does not
@@ -285,10 +286,10 @@ async fn a_node_waits_for_the_turn_of_a_node_that_waited_longer() {
     let pool_api = Api::<IPPool>::namespaced(cluster.admin_client(), ns.name());
     let lease_api = Api::<Lease>::namespaced(node4.clone(), ns.name());
     let lease_of = |node: &str| {
-        leases
-            .state()
-            .into_iter()
-            .find(|l| l.spec.as_ref().and_then(|s| s.holder_identity.as_deref()) == Some(node))
+        leases.state().into_iter().find(|l| {
+            l.annotations().contains_key(turn::POOL_ANNOTATION)
+                && l.spec.as_ref().and_then(|s| s.holder_identity.as_deref()) == Some(node)
+        })
     };
     let until = |what: &'static str| {
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -312,7 +313,7 @@ async fn a_node_waits_for_the_turn_of_a_node_that_waited_longer() {
         node: "node-4".into(),
     };
     node4_turns
-        .queue(&lease_api, &pool_name, &node4_place)
+        .queue(&lease_api, &pool_name, &node4_place, &Default::default())
         .await
         .expect("node 4 queues (the node RBAC allows it)");
     let check = until("node 4's place in the watch");
@@ -336,7 +337,7 @@ async fn a_node_waits_for_the_turn_of_a_node_that_waited_longer() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     node4_turns
-        .queue(&lease_api, &pool_name, &node4_place)
+        .queue(&lease_api, &pool_name, &node4_place, &Default::default())
         .await
         .expect("node 4 renews its place");
     let queued = lease_of("node-3")
@@ -395,6 +396,214 @@ async fn a_node_waits_for_the_turn_of_a_node_that_waited_longer() {
     lease_watching.abort();
 }
 
+/// Two engines (nodes 3 and 5) queue behind a node that waited longer. Each posts what its batch
+/// would add; node 5 keeps off the offset node 3 posted. When node 3's turn comes, its one write
+/// carries node 5's allocation too: node 5 answers from the watch without a write or a read, with
+/// its overlapping-range reservation claimed, and the pool's mark names both turns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_write_in_turn_carries_what_the_nodes_behind_it_posted() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use k8s_openapi::jiff::{SignedDuration, Timestamp};
+    use kube::ResourceExt;
+    use kube::runtime::watcher;
+    use netattach_ippool::OverlappingRangeIPReservation;
+
+    let cluster = netattach_testenv::cluster().await;
+    let ns = cluster.namespace("batch-carry").await;
+    let cidr = "198.18.97.0/24";
+    let network = "carry";
+    let pool_name = format!("{network}-198.18.97.0-24");
+    let (pools, pool_watching) = watch::in_background(
+        Api::<IPPool>::namespaced(cluster.node_client("node-3"), ns.name()),
+        watcher::Config::default(),
+        "IPPool",
+    );
+    let (leases, lease_watching) = watch::in_background(
+        Api::<Lease>::namespaced(cluster.node_client("node-3"), ns.name()),
+        watcher::Config::default().labels(&format!("{}=true", turn::TURN_LABEL)),
+        "turn Lease",
+    );
+    let engine_of = |node: &str| {
+        BatchingIpam::new(
+            KubeIpam::new(cluster.node_client(node), ns.name())
+                .with_pool_view(pools.clone())
+                .with_turns(Turns::new(leases.clone(), node)),
+        )
+    };
+    let (node3, node5) = (engine_of("node-3"), engine_of("node-5"));
+    let pool_api = Api::<IPPool>::namespaced(cluster.admin_client(), ns.name());
+    let lease_api = Api::<Lease>::namespaced(cluster.node_client("node-4"), ns.name());
+    let posted_by = |node: &str| {
+        leases
+            .state()
+            .into_iter()
+            .find(|l| {
+                l.annotations().contains_key(turn::POOL_ANNOTATION)
+                    && l.spec.as_ref().and_then(|s| s.holder_identity.as_deref()) == Some(node)
+            })
+            .and_then(|l| l.annotations().get(turn::PENDING_ANNOTATION).cloned())
+            .and_then(|text| serde_json::from_str::<turn::Allocations>(&text).ok())
+    };
+    let until = |what: &'static str| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        move || assert!(Instant::now() < deadline, "timed out waiting for {what}")
+    };
+
+    let first = node3
+        .allocate(&request("c0", cidr, network))
+        .await
+        .expect("uncontended first allocation");
+    let rv_first = pool_api.get(&pool_name).await.expect("pool").resource_version();
+
+    // Node 4 has been waiting for 10 s and stays in line (renewed) until it uses its turn.
+    let node4_place = Waiter {
+        since: Timestamp::now()
+            .checked_sub(SignedDuration::from_secs(10))
+            .expect("timestamp"),
+        node: "node-4".into(),
+    };
+    let renewing = tokio::spawn({
+        let (turns, api, pool, place) = (
+            Turns::new(leases.clone(), "node-4"),
+            lease_api.clone(),
+            pool_name.clone(),
+            node4_place.clone(),
+        );
+        async move {
+            loop {
+                turns
+                    .queue(&api, &pool, &place, &Default::default())
+                    .await
+                    .expect("node 4 queues (the node RBAC allows it)");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    });
+    let check = until("node 4's place in the watch");
+    while leases.state().is_empty() {
+        check();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    let at_node3 = tokio::spawn({
+        let node3 = node3.clone();
+        async move { node3.allocate(&request("c1", cidr, network)).await }
+    });
+    let check = until("node 3 to post its batch");
+    let node3_posted = loop {
+        if let Some(p) = posted_by("node-3") {
+            break p;
+        }
+        check();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let at_node5 = tokio::spawn({
+        let node5 = node5.clone();
+        async move { node5.allocate(&request("c2", cidr, network)).await }
+    });
+    let check = until("node 5 to post its batch");
+    let node5_posted = loop {
+        if let Some(p) = posted_by("node-5") {
+            break p;
+        }
+        check();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    assert_eq!(node3_posted.len(), 1, "{node3_posted:?}");
+    assert_eq!(node5_posted.len(), 1, "{node5_posted:?}");
+    assert!(
+        node5_posted.keys().all(|k| !node3_posted.contains_key(k)),
+        "node 5 kept off the offset node 3 posted: {node3_posted:?} {node5_posted:?}"
+    );
+    assert_eq!(
+        pool_api.get(&pool_name).await.expect("pool").resource_version(),
+        rv_first,
+        "nobody wrote while node 4 was ahead"
+    );
+
+    // Node 4 uses its turn and leaves.
+    renewing.abort();
+    drop(renewing.await);
+    let mut pool = pool_api.get(&pool_name).await.expect("pool");
+    pool.annotations_mut()
+        .insert(turn::DONE_ANNOTATION.to_string(), node4_place.mark());
+    pool_api
+        .replace(&pool_name, &Default::default(), &pool)
+        .await
+        .expect("node 4's write");
+    Turns::new(leases.clone(), "node-4")
+        .leave(&lease_api, &pool_name)
+        .await
+        .expect("node 4 leaves");
+
+    let c1 = at_node3
+        .await
+        .expect("join")
+        .expect("node 3 allocates in its turn");
+    let c2 = at_node5.await.expect("join").expect("node 5 allocates, carried");
+    let ips: BTreeSet<IpAddr> = [first[0].ip, c1[0].ip, c2[0].ip].into_iter().collect();
+    assert_eq!(ips.len(), 3, "three distinct addresses: {ips:?}");
+
+    let (s3, s5) = (node3.ipam().stats(), node5.ipam().stats());
+    assert_eq!(
+        (s3.writes, s3.carried, s3.conflicts),
+        (2, 1, 0),
+        "node 3 wrote its first and, in turn, both: {s3:?}"
+    );
+    assert_eq!(
+        (s5.writes, s5.conflicts, s5.reads, s5.carried_in),
+        (0, 0, 0, 1),
+        "node 5 neither wrote nor read the pool: {s5:?}"
+    );
+
+    let pool = pool_api.get(&pool_name).await.expect("pool");
+    assert_eq!(pool.spec.allocations.len(), 3);
+    let range = IpRange::parse(cidr, None, None, &[], None).expect("range");
+    let holder_of = |ip: IpAddr| {
+        let offset = range.offset_of(ip)?.to_string();
+        pool.spec.allocations.get(&offset).map(|a| a.podref.clone())
+    };
+    assert_eq!(holder_of(c2[0].ip).as_deref(), Some("batch/c2"));
+    let mark = pool
+        .annotations()
+        .get(turn::DONE_ANNOTATION)
+        .cloned()
+        .unwrap_or_default();
+    let marks: Vec<&str> = mark.split(',').collect();
+    assert!(
+        marks.len() == 2 && marks[0].starts_with("node-3 ") && marks[1].starts_with("node-5 "),
+        "the write names node 3's turn and the node 5 turn it served: {mark}"
+    );
+    let orips = Api::<OverlappingRangeIPReservation>::namespaced(cluster.admin_client(), ns.name());
+    let reservation = orips
+        .get(&netattach_ippool::crd::orip_name(c2[0].ip, Some(network)))
+        .await
+        .expect("node 5 claimed the carried address's reservation");
+    assert_eq!(reservation.spec.podref, "batch/c2");
+
+    // Both left the line; the pool's writer Lease names node 3's claim on the version it wrote.
+    let writer = leases
+        .state()
+        .into_iter()
+        .find(|l| l.name_any() == Turns::writer_lease_name(&pool_name))
+        .expect("node 3 claimed the pool's writer Lease before its write");
+    assert_eq!(
+        writer.spec.as_ref().and_then(|s| s.holder_identity.as_deref()),
+        Some("node-3")
+    );
+    let check = until("nodes 3 and 5 to leave the line");
+    while leases
+        .state()
+        .iter()
+        .any(|l| l.annotations().contains_key(turn::POOL_ANNOTATION))
+    {
+        check();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    pool_watching.abort();
+    lease_watching.abort();
+}
+
 /// The sweep the GC leader runs deletes the turn Leases no live waiter holds (a daemon that
 /// died waiting, a Lease an earlier release left when its node left the line) and keeps a
 /// waiter's that is being renewed.
@@ -424,6 +633,7 @@ async fn stale_turn_leases_are_swept_and_live_ones_kept() {
             since: ago(30),
             node: "node-1".into(),
         },
+        &Default::default(),
     )
     .await
     .expect("node-1 queues");
