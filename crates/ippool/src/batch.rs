@@ -74,7 +74,9 @@ const CONTENTION_MEMORY: std::time::Duration = std::time::Duration::from_secs(2)
 
 /// How long a node whose turn came waits for the posts of nodes whose batches started with its
 /// own (each post is a Lease write and a watch event away), so that one write carries them too
-/// instead of leaving them for another write of the large pool.
+/// instead of leaving them for another write of the large pool. (Waiting up to 100 ms for
+/// every node seen in line moments ago to post again did not save writes: most of them are
+/// still claiming the reservations of their last batch by then.)
 const GATHER: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// After a lost write, how long to wait for the winner's version to arrive through the watch
@@ -1006,6 +1008,10 @@ async fn settle(
                         }
                         let others = turns.posted_by_others(ipam.namespace(), name);
                         let (served, added) = carry(&mut doc, &others, unix_now());
+                        tracing::debug!(pool = %name, in_line = others.len(),
+                            posted = others.iter().filter(|p| !p.pending.is_empty()).count(),
+                            served = served.len(), carried = added, own = outcomes.len(),
+                            base = current_rv.as_deref().unwrap_or(""), "writing in turn");
                         carried = added;
                         turn_used = Some(
                             std::iter::once(me.mark())
