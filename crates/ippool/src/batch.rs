@@ -750,6 +750,118 @@ async fn wait_for_turn(
     }
 }
 
+/// What a batch holds, and must account for, across its attempts.
+#[derive(Default)]
+struct Ledger {
+    /// Offsets whose overlapping-range reservation another attachment holds.
+    blocked: BTreeSet<u128>,
+    /// Reservations this batch wrote that must go again (their overlapping-range reservation is
+    /// taken), by offset → the job that got it.
+    evict: BTreeMap<u128, usize>,
+    /// Final failures of single jobs (their claim failed for good).
+    failed: Vec<Option<IpamError>>,
+    /// Overlapping-range reservations this batch holds, by (address, attachment) → created by us.
+    claimed: HashMap<(IpAddr, OwnerKey), bool>,
+}
+
+/// Where a batch claims reservations.
+struct Scope<'a> {
+    ipam: &'a KubeIpam,
+    pool: &'a str,
+    network: Option<&'a str>,
+    deadline: tokio::time::Instant,
+}
+
+impl Ledger {
+    /// Claims the overlapping-range reservations of the addresses `outcomes` hand out that the
+    /// batch does not hold yet, and books the answers.
+    /// Returns whether the batch must be redone: a reservation another attachment holds (the
+    /// address goes; its request gets another, or fails if it asked for this one), or one that
+    /// could not be claimed (its request fails).
+    async fn claim(
+        &mut self,
+        scope: &Scope<'_>,
+        requests: &[JobRequest<'_>],
+        outcomes: &[Option<Outcome>],
+    ) -> bool {
+        let Scope {
+            ipam,
+            pool: name,
+            network,
+            deadline,
+        } = *scope;
+        let to_claim: Vec<(usize, IpAddr, &Owner, bool, u128)> = outcomes
+            .iter()
+            .zip(requests)
+            .enumerate()
+            .filter_map(|(i, (o, r))| match (o, r) {
+                (Some(Outcome::Allocated(out)), JobRequest::Allocate(req))
+                    if req.overlapping_ranges
+                        && !self.claimed.contains_key(&(out.alloc.ip, owner_key(&req.owner))) =>
+                {
+                    Some((i, out.alloc.ip, &req.owner, out.new, out.offset))
+                }
+                _ => None,
+            })
+            .collect();
+        if to_claim.is_empty() {
+            return false;
+        }
+        let claiming: Vec<_> = to_claim
+            .iter()
+            .map(|(_, ip, owner, _, _)| ipam.claim_orip(*ip, network, owner, deadline))
+            .collect();
+        let claims: Vec<_> = futures::stream::iter(claiming)
+            .buffered(ORIP_CONCURRENCY)
+            .collect()
+            .await;
+        let mut redo = false;
+        for ((i, ip, owner, new, offset), claim) in to_claim.iter().zip(claims) {
+            match claim {
+                Ok(OripClaim::Mine(created)) => {
+                    self.claimed.insert((*ip, owner_key(owner)), created);
+                }
+                Ok(OripClaim::Taken(spec)) => {
+                    // Also when the attachment held the address before this batch: the
+                    // reservation is what keeps overlapping pools apart, so the address moves.
+                    if !new {
+                        tracing::warn!(%ip, holder = %spec.podref, %owner,
+                            "the attachment held this address in its pool, but its overlapping-range \
+                             reservation names another holder: it gets another address");
+                    }
+                    let holder = format!(
+                        "pod {} interface {} (OverlappingRangeIPReservation `{}/{}`)",
+                        spec.podref,
+                        spec.ifname,
+                        ipam.namespace(),
+                        orip_name(*ip, network)
+                    );
+                    if matches!(&requests[*i], JobRequest::Allocate(r) if !r.requested.is_empty()) {
+                        self.failed[*i] = Some(IpamError::RequestedUnavailable {
+                            ip: *ip,
+                            pool: name.to_string(),
+                            holder,
+                        });
+                    } else {
+                        Stats::bump(&ipam.stats.orip_taken);
+                        self.blocked.insert(*offset);
+                    }
+                    self.evict.insert(*offset, *i);
+                    redo = true;
+                }
+                Err(e) => {
+                    self.failed[*i] = Some(e);
+                    if *new {
+                        self.evict.insert(*offset, *i);
+                    }
+                    redo = true;
+                }
+            }
+        }
+        redo
+    }
+}
+
 /// Run the batch until its write lands and its overlapping-range reservations are claimed (or
 /// it fails for good). Returns the outcomes and the pool as written.
 ///
@@ -776,16 +888,8 @@ async fn settle(
 ) -> (BatchResult, Option<IPPool>, bool) {
     let started_at = tokio::time::Instant::now();
     let what = format!("writing IPPool `{}/{name}`", ipam.namespace());
-    // Offsets whose overlapping-range reservation another attachment holds.
-    let mut blocked: BTreeSet<u128> = BTreeSet::new();
-    // Reservations this batch wrote that must go again (their overlapping-range reservation is
-    // taken), by offset → the job that got it.
-    let mut evict: BTreeMap<u128, usize> = BTreeMap::new();
-    // Final failures of single jobs (their claim failed for good).
-    let mut failed: Vec<Option<IpamError>> = Vec::new();
+    let mut ledger = Ledger::default();
     let mut held_before: Vec<Option<bool>> = Vec::new();
-    // Overlapping-range reservations this batch holds, by (address, attachment) → created by us.
-    let mut claimed: HashMap<(IpAddr, OwnerKey), bool> = HashMap::new();
     let mut network: Option<String> = None;
     let mut base = cached;
     // Whether `base` is known to be the current pool (a quorum read, or this batch's own write).
@@ -807,7 +911,7 @@ async fn settle(
     let (result, written) = loop {
         // Take in what was queued meanwhile, unless this batch already holds reservations it
         // must account for.
-        if claimed.is_empty() && evict.is_empty() {
+        if ledger.claimed.is_empty() && ledger.evict.is_empty() {
             while jobs.len() < MAX_BATCH {
                 match queue.try_recv() {
                     Ok(job) => jobs.push(job),
@@ -815,7 +919,7 @@ async fn settle(
                 }
             }
         }
-        failed.resize_with(jobs.len(), || None);
+        ledger.failed.resize_with(jobs.len(), || None);
         held_before.resize(jobs.len(), None);
         let requests: Vec<JobRequest<'_>> = jobs.iter().map(JobRequest::of).collect();
         let requests = requests.as_slice();
@@ -876,7 +980,7 @@ async fn settle(
             network.clone_from(&doc.network_name);
         }
         let mut evicted = false;
-        for (offset, i) in &evict {
+        for (offset, i) in &ledger.evict {
             let ours = match (&requests[*i], doc.allocations.get(offset)) {
                 (JobRequest::Allocate(req), Some(r)) => {
                     req.owner.is_attachment_of(&r.id, &r.podref, &r.ifname)
@@ -906,11 +1010,11 @@ async fn settle(
             spread = Some(fastrand::u64(..));
         }
         let plain = Search {
-            avoid: blocked.clone(),
+            avoid: ledger.blocked.clone(),
             from: None,
         };
         let spread_out = Search {
-            avoid: blocked.union(&others).copied().collect(),
+            avoid: ledger.blocked.union(&others).copied().collect(),
             from: spread,
         };
         let unspread = (!others.is_empty() || spread.is_some()).then(|| doc.clone());
@@ -919,7 +1023,7 @@ async fn settle(
             doc,
             requests,
             &spread_out,
-            &failed,
+            &ledger.failed,
             &mut held_before,
             &published,
         );
@@ -935,7 +1039,7 @@ async fn settle(
                 unspread,
                 requests,
                 &plain,
-                &failed,
+                &ledger.failed,
                 &mut held_before,
                 &published,
             );
@@ -1094,71 +1198,13 @@ async fn settle(
         fresh = true;
 
         // Claim the overlapping-range reservations of the addresses handed out.
-        let to_claim: Vec<(usize, IpAddr, &Owner, bool, u128)> = outcomes
-            .iter()
-            .zip(requests)
-            .enumerate()
-            .filter_map(|(i, (o, r))| match (o, r) {
-                (Some(Outcome::Allocated(out)), JobRequest::Allocate(req))
-                    if req.overlapping_ranges
-                        && !claimed.contains_key(&(out.alloc.ip, owner_key(&req.owner))) =>
-                {
-                    Some((i, out.alloc.ip, &req.owner, out.new, out.offset))
-                }
-                _ => None,
-            })
-            .collect();
-        let claiming: Vec<_> = to_claim
-            .iter()
-            .map(|(_, ip, owner, _, _)| ipam.claim_orip(*ip, network.as_deref(), owner, deadline))
-            .collect();
-        let claims: Vec<_> = futures::stream::iter(claiming)
-            .buffered(ORIP_CONCURRENCY)
-            .collect()
-            .await;
-        let mut redo = false;
-        for ((i, ip, owner, new, offset), claim) in to_claim.iter().zip(claims) {
-            match claim {
-                Ok(OripClaim::Mine(created)) => {
-                    claimed.insert((*ip, owner_key(owner)), created);
-                }
-                Ok(OripClaim::Taken(spec)) => {
-                    // Also when the attachment held the address before this batch: the
-                    // reservation is what keeps overlapping pools apart, so the address moves.
-                    if !new {
-                        tracing::warn!(%ip, holder = %spec.podref, %owner,
-                            "the attachment held this address in its pool, but its overlapping-range \
-                             reservation names another holder: it gets another address");
-                    }
-                    let holder = format!(
-                        "pod {} interface {} (OverlappingRangeIPReservation `{}/{}`)",
-                        spec.podref,
-                        spec.ifname,
-                        ipam.namespace(),
-                        orip_name(*ip, network.as_deref())
-                    );
-                    if matches!(&requests[*i], JobRequest::Allocate(r) if !r.requested.is_empty()) {
-                        failed[*i] = Some(IpamError::RequestedUnavailable {
-                            ip: *ip,
-                            pool: name.to_string(),
-                            holder,
-                        });
-                    } else {
-                        Stats::bump(&ipam.stats.orip_taken);
-                        blocked.insert(*offset);
-                    }
-                    evict.insert(*offset, *i);
-                    redo = true;
-                }
-                Err(e) => {
-                    failed[*i] = Some(e);
-                    if *new {
-                        evict.insert(*offset, *i);
-                    }
-                    redo = true;
-                }
-            }
-        }
+        let scope = Scope {
+            ipam,
+            pool: name,
+            network: network.as_deref(),
+            deadline,
+        };
+        let redo = ledger.claim(&scope, requests, &outcomes).await;
         if redo {
             // Again from what was just written: the taken addresses come out of the pool and
             // their requests get others.
@@ -1168,7 +1214,7 @@ async fn settle(
         }
         let outs = outcomes
             .into_iter()
-            .zip(failed.iter_mut())
+            .zip(ledger.failed.iter_mut())
             .map(|(o, f)| match (o, f.take()) {
                 (_, Some(e)) => Outcome::Failed(e),
                 (Some(o), None) => o,
@@ -1206,7 +1252,8 @@ async fn settle(
             .collect(),
         BatchResult::Whole(_) => BTreeSet::new(),
     };
-    let stale: Vec<&(IpAddr, OwnerKey)> = claimed
+    let stale: Vec<&(IpAddr, OwnerKey)> = ledger
+        .claimed
         .iter()
         .filter(|(k, created)| **created && !kept.contains(*k))
         .map(|(k, _)| k)
@@ -1232,7 +1279,8 @@ async fn settle(
         BatchResult::PerJob(mut outs) => {
             for (o, r) in outs.iter_mut().zip(requests) {
                 if let (Outcome::Allocated(out), JobRequest::Allocate(req)) = (o, r) {
-                    out.orip_created = claimed
+                    out.orip_created = ledger
+                        .claimed
                         .get(&(out.alloc.ip, owner_key(&req.owner)))
                         .copied()
                         .unwrap_or(false);
