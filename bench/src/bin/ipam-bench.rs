@@ -24,7 +24,7 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, TcpListener};
+use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -612,10 +612,6 @@ struct Daemons {
     metrics: Vec<String>,
 }
 
-fn free_loopback_port() -> Result<u16, Error> {
-    Ok(TcpListener::bind(("127.0.0.1", 0))?.local_addr()?.port())
-}
-
 fn log_tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
@@ -642,7 +638,6 @@ impl Daemons {
             let _ = std::fs::remove_file(&socket);
             let log_path = dir.join(format!("{node}.log"));
             let log = File::create(&log_path)?;
-            let metrics = format!("127.0.0.1:{}", free_loopback_port()?);
             let child = Command::new(netattach)
                 .arg("daemon")
                 .args(["--node", node, "--kubeconfig"])
@@ -651,8 +646,7 @@ impl Daemons {
                 .arg(&socket)
                 .arg("--ready-file")
                 .arg(&ready)
-                .arg("--metrics-addr")
-                .arg(&metrics)
+                .args(["--metrics-addr", "127.0.0.1:0"])
                 .args(["--ipam-namespace", NS, "--ipam-queue-dir"])
                 .arg(dir.join(format!("{node}.queue")))
                 .env_remove("CNI_COMMAND")
@@ -663,7 +657,6 @@ impl Daemons {
                 .spawn()
                 .map_err(|e| format!("spawn {} daemon: {e}", netattach.display()))?;
             d.procs.push((child, log_path));
-            d.metrics.push(metrics);
         }
         for ((node, _), (child, log)) in nodes.iter().zip(d.procs.iter_mut()) {
             let ready = dir.join(format!("{node}.ready"));
@@ -679,6 +672,13 @@ impl Daemons {
                 check_interrupted()?;
                 std::thread::sleep(Duration::from_millis(20));
             }
+            // The metrics port the daemon picked (port 0: no race for a port chosen up front).
+            let text = std::fs::read_to_string(&ready)?;
+            let metrics = text
+                .lines()
+                .find_map(|l| l.strip_prefix("metrics="))
+                .ok_or_else(|| format!("the ready file of {node} names no metrics address:\n{text}"))?;
+            d.metrics.push(metrics.to_string());
         }
         Ok(d)
     }

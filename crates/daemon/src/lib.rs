@@ -54,11 +54,12 @@ pub struct DaemonArgs {
     /// The unix socket the shims talk to (mode 0600, in a 0700 directory).
     #[arg(long, default_value = DEFAULT_SOCKET)]
     pub socket: PathBuf,
-    /// Written when the caches are synced; removed at shutdown.
+    /// Written when the caches are synced (`node=`, `pid=` and `metrics=`, the address `/metrics`
+    /// is served on, one `key=value` per line); removed at shutdown.
     #[arg(long, default_value = DEFAULT_READY_FILE)]
     pub ready_file: PathBuf,
     /// Where `/metrics` and `/readyz` are served (HTTP). Keep it on loopback unless a scraper
-    /// needs it elsewhere.
+    /// needs it elsewhere. Port 0 picks a free one (the ready file names it).
     #[arg(long, default_value = DEFAULT_METRICS_ADDR)]
     pub metrics_addr: SocketAddr,
     /// Server-side timeout of each watch call, seconds; the watch is then re-opened (with the
@@ -130,6 +131,10 @@ async fn run_async(args: DaemonArgs) -> Result<(), Error> {
             addr: args.metrics_addr,
             source,
         })?;
+    let metrics_addr = metrics_listener.local_addr().map_err(|source| Error::Metrics {
+        addr: args.metrics_addr,
+        source,
+    })?;
 
     let gc = gc::start(
         client.clone(),
@@ -176,7 +181,7 @@ async fn run_async(args: DaemonArgs) -> Result<(), Error> {
     tracing::info!(
         %node,
         socket = %args.socket.display(),
-        metrics = %args.metrics_addr,
+        metrics = %metrics_addr,
         "netattach daemon started; waiting for the caches to sync"
     );
 
@@ -188,7 +193,7 @@ async fn run_async(args: DaemonArgs) -> Result<(), Error> {
             () = &mut synced, if !is_synced => {
                 is_synced = true;
                 metrics.set_synced(true);
-                write_ready_file(&args.ready_file, &node)?;
+                write_ready_file(&args.ready_file, &node, metrics_addr)?;
                 tracing::info!(pods = caches.pod_count(), nads = caches.nad_count(), ready_file = %args.ready_file.display(), "caches synced; ready");
             }
             accepted = listener.accept() => match accepted {
@@ -235,7 +240,7 @@ async fn run_async(args: DaemonArgs) -> Result<(), Error> {
     Ok(())
 }
 
-fn write_ready_file(path: &Path, node: &str) -> Result<(), Error> {
+fn write_ready_file(path: &Path, node: &str, metrics: SocketAddr) -> Result<(), Error> {
     let fail = |source| Error::ReadyFile {
         path: path.to_path_buf(),
         source,
@@ -244,7 +249,8 @@ fn write_ready_file(path: &Path, node: &str) -> Result<(), Error> {
         std::fs::create_dir_all(dir).map_err(fail)?;
     }
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, format!("node={node}\npid={}\n", std::process::id())).map_err(fail)?;
+    let text = format!("node={node}\npid={}\nmetrics={metrics}\n", std::process::id());
+    std::fs::write(&tmp, text).map_err(fail)?;
     std::fs::rename(&tmp, path).map_err(fail)
 }
 

@@ -1,6 +1,6 @@
 //! One `netattach daemon` per lab node (`netattach lab --kubeconfig`): the lab's own binary,
 //! `--node <lab node>`, the given kubeconfig, its socket, ready file and log inside the lab
-//! directory (`daemons/<node>/`), metrics on a free loopback port. Each runs in the host's
+//! directory (`daemons/<node>/`), metrics on a loopback port the daemon picks. Each runs in the host's
 //! network namespace (it talks to the API server on loopback) in its own process group (a
 //! Ctrl-C reaches the lab, which stops the daemons in order).
 //!
@@ -54,17 +54,6 @@ pub struct Daemons {
     running: Vec<Running>,
 }
 
-fn free_loopback_port() -> Result<u16, LabError> {
-    let l = std::net::TcpListener::bind(("127.0.0.1", 0)).map_err(LabError::io(
-        "finding a free loopback port for daemon metrics",
-        "127.0.0.1:0",
-    ))?;
-    l.local_addr().map(|a| a.port()).map_err(LabError::io(
-        "finding a free loopback port for daemon metrics",
-        "127.0.0.1:0",
-    ))
-}
-
 fn daemon_error(node: &str, log: &Path, problem: String) -> LabError {
     let tail = fs::read_to_string(log)
         .map(|t| {
@@ -102,7 +91,6 @@ impl Daemons {
         let err = out
             .try_clone()
             .map_err(LabError::io("creating a daemon log", &log))?;
-        let port = free_loopback_port()?;
         let child = Command::new(binary)
             .arg("daemon")
             .arg("--node")
@@ -113,8 +101,7 @@ impl Daemons {
             .arg(&socket)
             .arg("--ready-file")
             .arg(&ready_file)
-            .arg("--metrics-addr")
-            .arg(format!("127.0.0.1:{port}"))
+            .args(["--metrics-addr", "127.0.0.1:0"])
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)

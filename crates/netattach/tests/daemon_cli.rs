@@ -82,18 +82,8 @@ fn unreachable_api_means_not_ready_and_sigterm_exits_cleanly() {
     .expect("kubeconfig");
     let socket = dir.path().join("run/daemon.sock");
     let ready = dir.path().join("ready");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
     let mut child = Command::new(BIN)
-        .args([
-            "daemon",
-            "--node",
-            "node-x",
-            "--metrics-addr",
-            &format!("127.0.0.1:{port}"),
-        ])
+        .args(["daemon", "--node", "node-x", "--metrics-addr", "127.0.0.1:0"])
         .arg("--kubeconfig")
         .arg(&kubeconfig)
         .arg("--socket")

@@ -1,6 +1,6 @@
 //! A `netattach daemon` process (the real binary, `CARGO_BIN_EXE_netattach`) for the tests that
 //! run against a Kubernetes API server: its socket, readiness file, release queue and log in a
-//! private temp dir, its metrics on a free loopback port, a node's identity.
+//! private temp dir, its metrics on a loopback port it picks (named in its ready file), a node's identity.
 
 use std::io::{Read as _, Write as _};
 use std::os::unix::net::UnixStream;
@@ -13,17 +13,11 @@ use netattach_cluster::daemon_api::{Request, Response, read_message, write_messa
 /// How long a stopping daemon (SIGTERM on drop) may take before it is killed.
 const STOP_WAIT: Duration = Duration::from_secs(10);
 
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local addr").port()
-}
-
 /// One node's daemon. Stopped with SIGTERM (then SIGKILL) when dropped.
 pub struct NodeDaemon {
     node: String,
     kubeconfig: PathBuf,
     dir: tempfile::TempDir,
-    metrics_port: u16,
     /// Upper bound of [`NodeDaemon::wait_socket`] and [`NodeDaemon::wait_ready`].
     wait: Duration,
     child: Option<Child>,
@@ -40,7 +34,6 @@ impl NodeDaemon {
                 .prefix("netattach-test-daemon-")
                 .tempdir()
                 .expect("daemon dir"),
-            metrics_port: free_port(),
             wait,
             child: None,
         };
@@ -95,8 +88,7 @@ impl NodeDaemon {
             .arg(self.socket())
             .arg("--ready-file")
             .arg(self.ready_file())
-            .arg("--metrics-addr")
-            .arg(format!("127.0.0.1:{}", self.metrics_port))
+            .args(["--metrics-addr", "127.0.0.1:0"])
             .arg("--ipam-queue-dir")
             .arg(self.queue_dir())
             .env_remove("CNI_COMMAND")
@@ -166,7 +158,13 @@ impl NodeDaemon {
     /// The sum of the series of metric `name` on `/metrics` whose labels contain `labels`
     /// (0 when there are none).
     pub fn metric_with(&self, name: &str, labels: &str) -> u64 {
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.metrics_port)).expect("metrics port");
+        // The port the daemon picked, from its ready file (so: only once it is ready).
+        let ready = std::fs::read_to_string(self.ready_file()).expect("ready file (wait_ready first)");
+        let addr = ready
+            .lines()
+            .find_map(|l| l.strip_prefix("metrics="))
+            .expect("metrics= in the ready file");
+        let mut s = std::net::TcpStream::connect(addr).expect("metrics port");
         s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
             .expect("request metrics");
         let mut body = String::new();
