@@ -172,24 +172,16 @@ impl Turns {
         &self.node
     }
 
-    /// The name of this node's turn Lease for `pool`. A hash of the pool keeps it a valid name
-    /// whatever the pool is called; FNV-1a, because the name must stay the same across
-    /// releases of this program (std's hasher promises no such thing).
+    /// The name of this node's turn Lease for `pool` (by a hash of the pool: [`pool_hash`]).
     pub fn lease_name(&self, pool: &str) -> String {
-        let hash = pool.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-        });
-        let mut name = format!("netattach-turn-{hash:016x}-{}", self.node);
+        let mut name = format!("netattach-turn-{:016x}-{}", pool_hash(pool), self.node);
         name.truncate(253);
         name
     }
 
     /// The name of the writer Lease of `pool` ([`WRITER_ANNOTATION`]).
     pub fn writer_lease_name(pool: &str) -> String {
-        let hash = pool.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-        });
-        format!("netattach-writer-{hash:016x}")
+        format!("netattach-writer-{:016x}", pool_hash(pool))
     }
 
     /// Where the writer Lease of `pool` stands for a write on pool version `base`, as the watch
@@ -412,6 +404,14 @@ impl Turns {
             .await
             .map(drop)
     }
+}
+
+/// FNV-1a of a pool name, for the names of its Leases: valid whatever the pool is called, and
+/// the same in every release of this program (std's hasher promises no such thing).
+fn pool_hash(pool: &str) -> u64 {
+    pool.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 /// Whether a turn Lease belongs to no live waiter at `now`: renewed (or, never renewed,
