@@ -853,6 +853,10 @@ impl Ledger {
                     self.failed[*i] = Some(e);
                     if *new {
                         self.evict.insert(*offset, *i);
+                        // The create may have been applied with no answer coming back (the API
+                        // server went away mid-request): it goes again when the batch ends,
+                        // if it names this attachment (read first), unless the address is kept.
+                        self.claimed.entry((*ip, owner_key(owner))).or_insert(true);
                     }
                     redo = true;
                 }
