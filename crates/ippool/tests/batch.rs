@@ -16,13 +16,17 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-use kube::Api;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
+use kube::{Api, ResourceExt};
 use netattach_ipam::error::IpamError;
 use netattach_ipam::range::IpRange;
 use netattach_ipam::store::{AllocationRequest, Owner};
 use netattach_ippool::turn::{self, Turns, Waiter};
 use netattach_ippool::watch;
 use netattach_ippool::{BatchingIpam, IPPool, KubeIpam};
+use tokio::task::JoinHandle;
 
 fn request(pod: &str, cidr: &str, network: &str) -> AllocationRequest {
     let range = IpRange::parse(cidr, None, None, &[], None).expect("range");
@@ -58,6 +62,70 @@ async fn wait_submitted(engine: &BatchingIpam, n: u64) {
             "only {:?} requests were queued",
             engine.batch_stats()
         );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The watches an engine takes turns with: the pools and the turn Leases of one namespace. The
+/// watch tasks stop when this is dropped.
+struct TurnWatches {
+    pools: Store<IPPool>,
+    leases: Store<Lease>,
+    tasks: [JoinHandle<()>; 2],
+}
+
+impl Drop for TurnWatches {
+    fn drop(&mut self) {
+        self.tasks.iter().for_each(JoinHandle::abort);
+    }
+}
+
+impl TurnWatches {
+    /// Both watches of `namespace`, as `client` sees it.
+    fn start(client: kube::Client, namespace: &str) -> TurnWatches {
+        let (pools, pool_watching) = watch::in_background(
+            Api::<IPPool>::namespaced(client.clone(), namespace),
+            watcher::Config::default(),
+            "IPPool",
+        );
+        let (leases, lease_watching) = watch::in_background(
+            Api::<Lease>::namespaced(client, namespace),
+            watcher::Config::default().labels(&format!("{}=true", turn::TURN_LABEL)),
+            "turn Lease",
+        );
+        TurnWatches {
+            pools,
+            leases,
+            tasks: [pool_watching, lease_watching],
+        }
+    }
+
+    /// The engine of `node` over these watches.
+    fn engine(&self, client: kube::Client, namespace: &str, node: &str) -> BatchingIpam {
+        BatchingIpam::new(
+            KubeIpam::new(client, namespace)
+                .with_pool_view(self.pools.clone())
+                .with_turns(Turns::new(self.leases.clone(), node)),
+        )
+    }
+
+    /// `node`'s place in line (its turn Lease), as the watch has it.
+    fn place_of(&self, node: &str) -> Option<Lease> {
+        self.leases.state().into_iter().map(|l| (*l).clone()).find(|l| {
+            l.annotations().contains_key(turn::POOL_ANNOTATION)
+                && l.spec.as_ref().and_then(|s| s.holder_identity.as_deref()) == Some(node)
+        })
+    }
+}
+
+/// Polls `found` every 5 ms until it gives a value; fails the test after 30 s, naming `what`.
+async fn wait_for<T>(what: &str, mut found: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(value) = found() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
@@ -182,7 +250,7 @@ async fn one_failing_request_fails_alone_and_releases_mix_with_allocations() {
 /// before it is sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_nodes_write_seen_by_the_watch_is_built_on_without_a_read_or_a_conflict() {
-    use kube::runtime::{reflector, watcher};
+    use kube::runtime::reflector;
 
     let cluster = netattach_testenv::cluster().await;
     let ns = cluster.namespace("batch-watch").await;
@@ -256,45 +324,19 @@ async fn another_nodes_write_seen_by_the_watch_is_built_on_without_a_read_or_a_c
 /// turn. No write is sent to lose, and node 3 leaves the line afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_waits_for_the_turn_of_a_node_that_waited_longer() {
-    use k8s_openapi::api::coordination::v1::Lease;
     use k8s_openapi::jiff::{SignedDuration, Timestamp};
-    use kube::ResourceExt;
-    use kube::runtime::watcher;
 
     let cluster = netattach_testenv::cluster().await;
     let ns = cluster.namespace("batch-turns").await;
     let cidr = "198.18.99.0/24";
     let network = "turns";
     let pool_name = format!("{network}-198.18.99.0-24");
-    let node3 = cluster.node_client("node-3");
-    let node4 = cluster.node_client("node-4");
-    let (pools, pool_watching) = watch::in_background(
-        Api::<IPPool>::namespaced(node3.clone(), ns.name()),
-        watcher::Config::default(),
-        "IPPool",
-    );
-    let (leases, lease_watching) = watch::in_background(
-        Api::<Lease>::namespaced(node3.clone(), ns.name()),
-        watcher::Config::default().labels(&format!("{}=true", turn::TURN_LABEL)),
-        "turn Lease",
-    );
-    let engine = BatchingIpam::new(
-        KubeIpam::new(node3.clone(), ns.name())
-            .with_pool_view(pools.clone())
-            .with_turns(Turns::new(leases.clone(), "node-3")),
-    );
+    let watches = TurnWatches::start(cluster.node_client("node-3"), ns.name());
+    let leases = &watches.leases;
+    let engine = watches.engine(cluster.node_client("node-3"), ns.name(), "node-3");
     let pool_api = Api::<IPPool>::namespaced(cluster.admin_client(), ns.name());
-    let lease_api = Api::<Lease>::namespaced(node4.clone(), ns.name());
-    let lease_of = |node: &str| {
-        leases.state().into_iter().find(|l| {
-            l.annotations().contains_key(turn::POOL_ANNOTATION)
-                && l.spec.as_ref().and_then(|s| s.holder_identity.as_deref()) == Some(node)
-        })
-    };
-    let until = |what: &'static str| {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        move || assert!(Instant::now() < deadline, "timed out waiting for {what}")
-    };
+    let lease_api = Api::<Lease>::namespaced(cluster.node_client("node-4"), ns.name());
+    let lease_of = |node: &str| watches.place_of(node);
 
     // Uncontended: a write without a turn.
     let first = engine
@@ -316,26 +358,19 @@ async fn a_node_waits_for_the_turn_of_a_node_that_waited_longer() {
         .queue(&lease_api, &pool_name, &node4_place, &Default::default())
         .await
         .expect("node 4 queues (the node RBAC allows it)");
-    let check = until("node 4's place in the watch");
-    while lease_of("node-4").is_none() {
-        check();
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_for("node 4's place in the watch", || lease_of("node-4")).await;
 
     let waiting = tokio::spawn({
         let engine = engine.clone();
         async move { engine.allocate(&request("t1", cidr, network)).await }
     });
     // Node 3 queues behind node 4.
-    let check = until("node 3 to queue");
-    while lease_of("node-3")
-        .and_then(|l| l.spec.clone())
-        .and_then(|s| s.acquire_time)
-        .is_none()
-    {
-        check();
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_for("node 3 to queue", || {
+        lease_of("node-3")
+            .and_then(|l| l.spec)
+            .and_then(|s| s.acquire_time)
+    })
+    .await;
     node4_turns
         .queue(&lease_api, &pool_name, &node4_place, &Default::default())
         .await
@@ -382,18 +417,15 @@ async fn a_node_waits_for_the_turn_of_a_node_that_waited_longer() {
         "node 3 wrote in its turn: {node3_mark}"
     );
     // Leaving the line deletes the Lease: the Leases that exist are the nodes waiting now.
-    let check = until("node 3 to leave the line");
-    while lease_of("node-3").is_some() {
-        check();
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_for("node 3 to leave the line", || {
+        lease_of("node-3").is_none().then_some(())
+    })
+    .await;
     let node3_lease = Turns::new(leases.clone(), "node-3").lease_name(&pool_name);
     assert!(
         lease_api.get_opt(&node3_lease).await.expect("get").is_none(),
         "node 3's Lease {node3_lease} was deleted, not left behind"
     );
-    pool_watching.abort();
-    lease_watching.abort();
 }
 
 /// Two engines (nodes 3 and 5) queue behind a node that waited longer. Each posts what its batch
@@ -402,10 +434,7 @@ async fn a_node_waits_for_the_turn_of_a_node_that_waited_longer() {
 /// its overlapping-range reservation claimed, and the pool's mark names both turns.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_write_in_turn_carries_what_the_nodes_behind_it_posted() {
-    use k8s_openapi::api::coordination::v1::Lease;
     use k8s_openapi::jiff::{SignedDuration, Timestamp};
-    use kube::ResourceExt;
-    use kube::runtime::watcher;
     use netattach_ippool::OverlappingRangeIPReservation;
 
     let cluster = netattach_testenv::cluster().await;
@@ -413,40 +442,17 @@ async fn the_write_in_turn_carries_what_the_nodes_behind_it_posted() {
     let cidr = "198.18.97.0/24";
     let network = "carry";
     let pool_name = format!("{network}-198.18.97.0-24");
-    let (pools, pool_watching) = watch::in_background(
-        Api::<IPPool>::namespaced(cluster.node_client("node-3"), ns.name()),
-        watcher::Config::default(),
-        "IPPool",
-    );
-    let (leases, lease_watching) = watch::in_background(
-        Api::<Lease>::namespaced(cluster.node_client("node-3"), ns.name()),
-        watcher::Config::default().labels(&format!("{}=true", turn::TURN_LABEL)),
-        "turn Lease",
-    );
-    let engine_of = |node: &str| {
-        BatchingIpam::new(
-            KubeIpam::new(cluster.node_client(node), ns.name())
-                .with_pool_view(pools.clone())
-                .with_turns(Turns::new(leases.clone(), node)),
-        )
-    };
+    let watches = TurnWatches::start(cluster.node_client("node-3"), ns.name());
+    let leases = &watches.leases;
+    let engine_of = |node: &str| watches.engine(cluster.node_client(node), ns.name(), node);
     let (node3, node5) = (engine_of("node-3"), engine_of("node-5"));
     let pool_api = Api::<IPPool>::namespaced(cluster.admin_client(), ns.name());
     let lease_api = Api::<Lease>::namespaced(cluster.node_client("node-4"), ns.name());
     let posted_by = |node: &str| {
-        leases
-            .state()
-            .into_iter()
-            .find(|l| {
-                l.annotations().contains_key(turn::POOL_ANNOTATION)
-                    && l.spec.as_ref().and_then(|s| s.holder_identity.as_deref()) == Some(node)
-            })
+        watches
+            .place_of(node)
             .and_then(|l| l.annotations().get(turn::PENDING_ANNOTATION).cloned())
             .and_then(|text| serde_json::from_str::<turn::Allocations>(&text).ok())
-    };
-    let until = |what: &'static str| {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        move || assert!(Instant::now() < deadline, "timed out waiting for {what}")
     };
 
     let first = node3
@@ -479,36 +485,18 @@ async fn the_write_in_turn_carries_what_the_nodes_behind_it_posted() {
             }
         }
     });
-    let check = until("node 4's place in the watch");
-    while leases.state().is_empty() {
-        check();
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_for("node 4's place in the watch", || watches.place_of("node-4")).await;
 
     let at_node3 = tokio::spawn({
         let node3 = node3.clone();
         async move { node3.allocate(&request("c1", cidr, network)).await }
     });
-    let check = until("node 3 to post its batch");
-    let node3_posted = loop {
-        if let Some(p) = posted_by("node-3") {
-            break p;
-        }
-        check();
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
+    let node3_posted = wait_for("node 3 to post its batch", || posted_by("node-3")).await;
     let at_node5 = tokio::spawn({
         let node5 = node5.clone();
         async move { node5.allocate(&request("c2", cidr, network)).await }
     });
-    let check = until("node 5 to post its batch");
-    let node5_posted = loop {
-        if let Some(p) = posted_by("node-5") {
-            break p;
-        }
-        check();
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
+    let node5_posted = wait_for("node 5 to post its batch", || posted_by("node-5")).await;
     assert_eq!(node3_posted.len(), 1, "{node3_posted:?}");
     assert_eq!(node5_posted.len(), 1, "{node5_posted:?}");
     assert!(
@@ -591,17 +579,14 @@ async fn the_write_in_turn_carries_what_the_nodes_behind_it_posted() {
         writer.spec.as_ref().and_then(|s| s.holder_identity.as_deref()),
         Some("node-3")
     );
-    let check = until("nodes 3 and 5 to leave the line");
-    while leases
-        .state()
-        .iter()
-        .any(|l| l.annotations().contains_key(turn::POOL_ANNOTATION))
-    {
-        check();
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    pool_watching.abort();
-    lease_watching.abort();
+    wait_for("nodes 3 and 5 to leave the line", || {
+        let in_line = leases
+            .state()
+            .iter()
+            .any(|l| l.annotations().contains_key(turn::POOL_ANNOTATION));
+        (!in_line).then_some(())
+    })
+    .await;
 }
 
 /// The sweep the GC leader runs deletes the turn Leases no live waiter holds (a daemon that
@@ -609,7 +594,6 @@ async fn the_write_in_turn_carries_what_the_nodes_behind_it_posted() {
 /// waiter's that is being renewed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_turn_leases_are_swept_and_live_ones_kept() {
-    use k8s_openapi::api::coordination::v1::Lease;
     use k8s_openapi::jiff::{SignedDuration, Timestamp};
     use kube::api::{Patch, PatchParams};
 
