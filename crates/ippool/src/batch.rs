@@ -706,9 +706,7 @@ async fn wait_for_turn(
         let done = ipam.watched_annotation(name, crate::turn::DONE_ANNOTATION);
         // Only once the watch shows this node's own place: nodes that queued at the same
         // moment then see each other, and only the first of them writes.
-        if (!place.queued || turns.sees(ipam.namespace(), name, &place.me))
-            && turns.my_turn(ipam.namespace(), name, &place.me, done.as_deref())
-        {
+        if turns.my_turn(ipam.namespace(), name, &place.me, done.as_deref(), place.queued) {
             if let Some(newer) = ipam.watched_newer(name, current_rv) {
                 return TurnWait::Newer(Box::new(newer));
             }

@@ -533,11 +533,7 @@ impl KubeIpam {
     /// The watch's copy of pool `name` when it is newer than resourceVersion `than` (both
     /// parsed as etcd revisions; an unparsable one compares as not newer).
     pub(crate) fn watched_newer(&self, name: &str, than: Option<&str>) -> Option<IPPool> {
-        let than: u64 = than?.parse().ok()?;
-        let view = self.view.as_ref()?;
-        let p = view.get(&ObjectRef::new(name).within(&self.namespace))?;
-        let rv: u64 = p.metadata.resource_version.as_deref()?.parse().ok()?;
-        (rv > than).then(|| (*p).clone())
+        self.inspect_watched_newer(name, than, IPPool::clone)
     }
 
     /// Annotation `key` of the watch's copy of pool `name` (without copying the pool).

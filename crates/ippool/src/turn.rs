@@ -329,23 +329,27 @@ impl Turns {
         out
     }
 
-    /// Whether the watch shows `me`'s own place in line for `pool`: then every Lease written
-    /// before it is in the view too (a watch delivers in order), so no node that queued earlier
-    /// can be missing from what [`Turns::my_turn`] compares with.
-    pub fn sees(&self, namespace: &str, pool: &str, me: &Waiter) -> bool {
-        let mark = me.mark();
-        self.waiters(namespace, pool).iter().any(|w| w.mark() == mark)
-    }
-
     /// Whether another node is waiting for `pool`.
     pub fn others_waiting(&self, namespace: &str, pool: &str) -> bool {
         self.waiters(namespace, pool).iter().any(|w| w.node != self.node)
     }
 
     /// Whether `me` may write `pool` now, given the [`DONE_ANNOTATION`] of the pool as the watch
-    /// has it.
-    pub fn my_turn(&self, namespace: &str, pool: &str, me: &Waiter, done: Option<&str>) -> bool {
-        ahead_of(me, &self.waiters(namespace, pool), done).is_none()
+    /// has it: no live waiter is ahead, and, when `me` queued (its Lease write went through),
+    /// the watch shows `me`'s own place. Then every Lease written before it is in the view too
+    /// (a watch delivers in order), so no node that queued earlier can be missing from the
+    /// comparison.
+    pub fn my_turn(
+        &self,
+        namespace: &str,
+        pool: &str,
+        me: &Waiter,
+        done: Option<&str>,
+        queued: bool,
+    ) -> bool {
+        let waiters = self.waiters(namespace, pool);
+        let mark = me.mark();
+        (!queued || waiters.iter().any(|w| w.mark() == mark)) && ahead_of(me, &waiters, done).is_none()
     }
 
     /// Put this node in line for `pool` as `me` (or renew its place), posting `pending` (what its
