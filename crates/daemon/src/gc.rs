@@ -30,6 +30,12 @@
 //! container id) is never freed. The address's `OverlappingRangeIPReservation` goes too when it
 //! names the freed attachment.
 //!
+//! Each reconcile also deletes the overlapping-range reservations that no pool allocation
+//! accounts for and whose pod is gone (the same quorum GET answering 404), each with the uid and
+//! resourceVersion it was listed with as preconditions (see [`netattach_ippool::gc`] for where
+//! they come from and why listing them before the pools makes "no allocation" a fact). One whose
+//! pod exists is kept: freed once the pod is gone.
+//!
 //! Each reconcile also deletes the pool-turn Leases no live waiter holds ([`turn::sweep`]).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -51,7 +57,7 @@ use netattach_cluster::annotation::NETWORK_STATUS_ANNOTATION;
 use netattach_cluster::status::parse_annotation;
 use netattach_ipam::error::IpamError;
 use netattach_ippool::KubeIpam;
-use netattach_ippool::gc::HeldAddress;
+use netattach_ippool::gc::{HeldAddress, OrphanReservation};
 use netattach_ippool::turn;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -224,6 +230,8 @@ pub struct GcMetrics {
     runs: [AtomicU64; 2],
     /// Freed allocations, by [`FreeReason`].
     freed: [AtomicU64; 2],
+    /// Deleted overlapping-range reservations without an allocation.
+    orphans_deleted: AtomicU64,
     errors: AtomicU64,
 }
 
@@ -272,6 +280,17 @@ impl GcMetrics {
                 self.freed[reason_index(reason)].load(Ordering::Relaxed)
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP {p}_orphaned_reservations_deleted_total OverlappingRangeIPReservations that no pool \
+             allocation accounted for, deleted because their pod is gone."
+        );
+        let _ = writeln!(out, "# TYPE {p}_orphaned_reservations_deleted_total counter");
+        let _ = writeln!(
+            out,
+            "{p}_orphaned_reservations_deleted_total {}",
+            self.orphans_deleted.load(Ordering::Relaxed)
+        );
         let _ = writeln!(
             out,
             "# HELP {p}_errors_total Garbage-collection passes that failed (retried)."
@@ -382,9 +401,47 @@ impl Collector {
         self.free(decided).await
     }
 
-    /// Every pool against the pods of the cluster.
+    /// Delete the orphaned reservations whose pod is gone (each only if unchanged since it was
+    /// listed); log and count.
+    async fn delete_orphans(&self, orphans: &[OrphanReservation]) -> Result<(), GcError> {
+        let mut pods: BTreeMap<&str, bool> = BTreeMap::new();
+        for o in orphans {
+            if split_podref(&o.podref).is_none() {
+                tracing::debug!(reservation = %o.name, podref = %o.podref,
+                    "orphaned overlapping-range reservation without a podref; left alone");
+                continue;
+            }
+            let exists = match pods.get(o.podref.as_str()) {
+                Some(exists) => *exists,
+                None => {
+                    let exists = self.get_pod(&o.podref).await?.is_some();
+                    pods.insert(&o.podref, exists);
+                    exists
+                }
+            };
+            if exists {
+                tracing::info!(reservation = %o.name, podref = %o.podref, ifname = %o.ifname,
+                    "overlapping-range reservation without a pool allocation; its pod exists, so it is kept");
+                continue;
+            }
+            if self.ipam.delete_orphan(o).await? {
+                self.metrics.orphans_deleted.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(reservation = %o.name, podref = %o.podref, ifname = %o.ifname,
+                    container = %o.containerid,
+                    "deleted an overlapping-range reservation that no pool allocation accounted for; its pod is gone");
+            } else {
+                tracing::info!(reservation = %o.name, podref = %o.podref,
+                    "orphaned overlapping-range reservation changed since it was read (adopted or deleted); kept");
+            }
+        }
+        Ok(())
+    }
+
+    /// Every pool against the pods of the cluster; then the reservations without a pool
+    /// allocation.
     async fn reconcile(&mut self) -> Result<(), GcError> {
-        let held = self.ipam.held_addresses().await?;
+        let snapshot = self.ipam.reservation_snapshot().await?;
+        let held = snapshot.held;
         let mut by_pod: BTreeMap<&str, Vec<&HeldAddress>> = BTreeMap::new();
         for h in &held {
             if split_podref(&h.podref).is_some() {
@@ -456,6 +513,7 @@ impl Collector {
         self.awaiting
             .retain(|podref, _| by_pod.contains_key(podref.as_str()));
         self.free(decided).await?;
+        self.delete_orphans(&snapshot.orphans).await?;
         // Turn Leases of daemons that died waiting or of removed nodes (best effort: they
         // cost only watch memory, and the next reconcile tries again).
         let leases: Api<Lease> = Api::namespaced(self.client.clone(), self.ipam.namespace());

@@ -187,6 +187,7 @@ const SERIES_RECONCILES: &str = "netattach_daemon_gc_runs_total{trigger=\"reconc
 const SERIES_FREED_GONE: &str = "netattach_daemon_gc_freed_total{reason=\"pod_gone\"}";
 const SERIES_FREED_NOT_ATTACHED: &str = "netattach_daemon_gc_freed_total{reason=\"not_attached\"}";
 const SERIES_ERRORS: &str = "netattach_daemon_gc_errors_total";
+const SERIES_ORPHANS_DELETED: &str = "netattach_daemon_gc_orphaned_reservations_deleted_total";
 
 /// The network-status annotation Multus (or our daemon) writes for a pod whose storage
 /// interface got `ips`.
@@ -656,6 +657,23 @@ async fn the_startup_reconcile_frees_what_was_deleted_while_no_daemon_ran() {
     )
     .await;
     w.seed_orip("10.77.0.3", &p("was-here"), "net1").await;
+    // Overlapping-range reservations: those of pool allocations, and orphans (no allocation
+    // accounts for them: a release that lost its reservation delete, as whereabouts leaves
+    // them) of pods that are gone, of a pod that exists, and without a podref.
+    w.seed_orip("10.77.0.2", &p("live-pending"), "net1").await;
+    w.seed_pool(
+        POOL_STORAGE,
+        "10.78.0.0/24",
+        &[(5, "c-live-storage", &p("live-pending"), "net2")],
+    )
+    .await;
+    w.seed_orip("storage-10.78.0.5", &p("live-pending"), "net2").await;
+    w.seed_orip("10.77.0.20", &p("never-existed"), "net1").await;
+    w.seed_orip("10.78.0.5", &p("was-here"), "net1").await;
+    w.seed_orip("storage-10.78.0.6", &p("never-existed"), "net2")
+        .await;
+    w.seed_orip("10.77.0.21", &p("live-pending"), "net1").await;
+    w.seed_orip("10.77.0.22", "not-a-podref", "net1").await;
     w.force_delete("was-here").await;
     w.force_delete("dead-node").await;
     // Re-created and up with another address: without the deleted UID, one reconcile is not
@@ -707,6 +725,25 @@ async fn the_startup_reconcile_frees_what_was_deleted_while_no_daemon_ran() {
     assert_eq!(d.metric(SERIES_FREED_GONE), Some(3.0), "{}", d.log_text());
     assert_eq!(d.metric(SERIES_FREED_NOT_ATTACHED), Some(0.0));
     assert!(!w.orip_exists("10.77.0.3").await);
+    // The orphans of pods that are gone went (the unprefixed 10.78.0.5 is not the storage
+    // network's reservation of that address); the rest stayed.
+    for (orip, kept) in [
+        ("10.77.0.2", true),
+        ("storage-10.78.0.5", true),
+        ("10.77.0.21", true),
+        ("10.77.0.22", true),
+        ("10.77.0.20", false),
+        ("10.78.0.5", false),
+        ("storage-10.78.0.6", false),
+    ] {
+        assert_eq!(
+            w.orip_exists(orip).await,
+            kept,
+            "OverlappingRangeIPReservation {orip}:\n{}",
+            d.log_text()
+        );
+    }
+    assert_eq!(d.metric(SERIES_ORPHANS_DELETED), Some(3.0), "{}", d.log_text());
     for ip in ["10.77.0.3", "10.77.0.4", "10.77.0.5"] {
         assert!(
             d.freed_line(ip).is_some(),

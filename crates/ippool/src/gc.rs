@@ -9,14 +9,29 @@
 //! document that is written: an attachment that re-took the address since the snapshot (an ADD
 //! rewrites the container id) is never freed. Afterwards the address's
 //! `OverlappingRangeIPReservation` is deleted when it names the freed attachment.
+//!
+//! It also finds the overlapping-range reservations that no pool allocation accounts for
+//! ([`KubeIpam::reservation_snapshot`]): left behind when a release removed the pool entry but
+//! not the reservation (the API server went away in between; upstream whereabouts leaves them
+//! the same way), or when a claim's create was applied with no answer and its cleanup could not
+//! run. Such a reservation keeps its address from every overlapping range for good. The
+//! reservations are listed before the pools: every allocator (this store, upstream whereabouts)
+//! writes the pool entry before it creates the reservation, so one in the first list whose
+//! entry is missing from the second lost that entry before the pools were read. It is deleted
+//! ([`KubeIpam::delete_orphan`]) only with the uid and resourceVersion that were listed as
+//! preconditions: a holder that adopted it since (a re-ADD rewrites it) keeps it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
 
+use kube::api::{DeleteParams, ListParams, Preconditions};
 use netattach_ipam::error::IpamError;
 
-use crate::store::KubeIpam;
+use netattach_ipam::pool::PoolDoc;
+
+use crate::crd::{IPPool, orip_name};
+use crate::store::{ApiFailure, KubeIpam, classify};
 
 /// One held address as read from its pool: where it is and exactly who holds it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -54,6 +69,41 @@ impl HeldAddress {
     }
 }
 
+/// An overlapping-range reservation that no pool allocation accounts for, as it was listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrphanReservation {
+    /// The object's name (whereabouts' `NormalizeIP(ip, network_name)`).
+    pub name: String,
+    /// The holder's pod, `namespace/name`.
+    pub podref: String,
+    /// The holder's interface.
+    pub ifname: String,
+    /// The holder's container id (empty when upstream whereabouts made it).
+    pub containerid: String,
+    uid: Option<String>,
+    resource_version: Option<String>,
+}
+
+impl fmt::Display for OrphanReservation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "OverlappingRangeIPReservation {} (pod {}, interface {})",
+            self.name, self.podref, self.ifname
+        )
+    }
+}
+
+/// The held addresses of every pool and the reservations none of them accounts for.
+#[derive(Debug, Default)]
+pub struct ReservationSnapshot {
+    /// Every held address of the pools that could be understood.
+    pub held: Vec<HeldAddress>,
+    /// The reservations without a pool allocation; empty when a pool could not be understood
+    /// (its entries are unknown, so no reservation can be called an orphan).
+    pub orphans: Vec<OrphanReservation>,
+}
+
 impl KubeIpam {
     /// Every held address in the namespace's pools (a quorum list).
     ///
@@ -62,27 +112,83 @@ impl KubeIpam {
     /// When the pools cannot be listed. A pool that cannot be understood is left out with a
     /// warning: collection goes on for every other pool.
     pub async fn held_addresses(&self) -> Result<Vec<HeldAddress>, IpamError> {
-        let mut out = Vec::new();
-        for (pool, doc) in self
-            .list_pools()
-            .await?
-            .readable(self.namespace(), "garbage collection")
-        {
-            let name = pool.metadata.name.unwrap_or_default();
-            for (offset, r) in &doc.allocations {
-                let Some(ip) = doc.ip_at(*offset) else { continue };
-                out.push(HeldAddress {
-                    pool: name.clone(),
-                    network_name: doc.network_name.clone(),
-                    offset: *offset,
-                    ip,
-                    id: r.id.clone(),
-                    podref: r.podref.clone(),
-                    ifname: r.ifname.clone(),
-                });
+        let listed = self.list_pools().await?;
+        Ok(held_in(listed.readable(self.namespace(), "garbage collection")))
+    }
+
+    /// The overlapping-range reservations of the namespace (a quorum list), then every held
+    /// address (see the module documentation for why in this order).
+    ///
+    /// # Errors
+    ///
+    /// When the reservations or the pools cannot be listed.
+    pub async fn reservation_snapshot(&self) -> Result<ReservationSnapshot, IpamError> {
+        let reservations = self.orips().list(&ListParams::default()).await.map_err(|e| {
+            match classify(e, "listing OverlappingRangeIPReservations", self.namespace()) {
+                ApiFailure::Transient(e) | ApiFailure::Fatal(e) => e,
+                ApiFailure::Conflict => IpamError::NotAvailable {
+                    what: "listing OverlappingRangeIPReservations: unexpected conflict".into(),
+                    fix: "retry".into(),
+                },
             }
+        })?;
+        let listed = self.list_pools().await?;
+        let complete = listed.unreadable.is_empty();
+        let held = held_in(listed.readable(self.namespace(), "garbage collection"));
+        if !complete {
+            tracing::warn!("an IPPool cannot be understood: no overlapping-range reservation is collected");
+            return Ok(ReservationSnapshot {
+                held,
+                orphans: Vec::new(),
+            });
         }
-        Ok(out)
+        let accounted: BTreeSet<String> = held
+            .iter()
+            .map(|h| orip_name(h.ip, h.network_name.as_deref()))
+            .collect();
+        let orphans = reservations
+            .items
+            .into_iter()
+            .filter_map(|o| {
+                let name = o.metadata.name?;
+                if accounted.contains(&name) {
+                    return None;
+                }
+                Some(OrphanReservation {
+                    name,
+                    podref: o.spec.podref,
+                    ifname: o.spec.ifname,
+                    containerid: o.spec.containerid,
+                    uid: o.metadata.uid,
+                    resource_version: o.metadata.resource_version,
+                })
+            })
+            .collect();
+        Ok(ReservationSnapshot { held, orphans })
+    }
+
+    /// Delete an orphaned reservation if it is still exactly as listed (uid and resourceVersion
+    /// preconditions). Returns whether it was deleted (`false`: gone or changed since).
+    ///
+    /// # Errors
+    ///
+    /// When the API server refuses or does not answer.
+    pub async fn delete_orphan(&self, orphan: &OrphanReservation) -> Result<bool, IpamError> {
+        let dp = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: orphan.uid.clone(),
+                resource_version: orphan.resource_version.clone(),
+            }),
+            ..DeleteParams::default()
+        };
+        match self.orips().delete(&orphan.name, &dp).await {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(false),
+            Err(e) => match classify(e, &format!("deleting {orphan}"), self.namespace()) {
+                ApiFailure::Transient(e) | ApiFailure::Fatal(e) => Err(e),
+                ApiFailure::Conflict => Ok(false),
+            },
+        }
     }
 
     /// Free those of `held` whose reservation is still exactly the observed one, one
@@ -126,4 +232,25 @@ impl KubeIpam {
         }
         Ok(freed)
     }
+}
+
+/// Every held address of `pools`.
+fn held_in(pools: Vec<(IPPool, PoolDoc)>) -> Vec<HeldAddress> {
+    let mut out = Vec::new();
+    for (pool, doc) in pools {
+        let name = pool.metadata.name.unwrap_or_default();
+        for (offset, r) in &doc.allocations {
+            let Some(ip) = doc.ip_at(*offset) else { continue };
+            out.push(HeldAddress {
+                pool: name.clone(),
+                network_name: doc.network_name.clone(),
+                offset: *offset,
+                ip,
+                id: r.id.clone(),
+                podref: r.podref.clone(),
+                ifname: r.ifname.clone(),
+            });
+        }
+    }
+    out
 }
