@@ -46,12 +46,16 @@ fn usage() -> &'static str {
      \n\
      Runs ADD+DEL cycles of netattach (macvlan + whereabouts, local store) and of the reference\n\
      /usr/lib/cni/macvlan + host-local, interleaved, in network namespaces it creates. Needs root.\n\
-     Defaults: --netattach target/release/netattach --iterations 200 --warmup 10 --pods 4"
+     Defaults: --netattach <dir of this program>/netattach --iterations 200 --warmup 10 --pods 4"
 }
 
 fn parse_args() -> Result<Opts, Error> {
+    let exe_dir = std::env::current_exe()?
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default();
     let mut o = Opts {
-        netattach: PathBuf::from("target/release/netattach"),
+        netattach: exe_dir.join("netattach"),
         iterations: 200,
         warmup: 10,
         pods: 4,
@@ -241,12 +245,12 @@ fn run() -> Result<(), Error> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return Err(
-            "must run as root (it creates network namespaces): sudo target/release/attach-bench".into(),
+            "must run as root (it creates network namespaces): sudo <target dir>/<host triple>/release/attach-bench".into(),
         );
     }
     require_file(
         &opts.netattach,
-        "build it with `cargo build --release` or pass --netattach PATH",
+        "build it with `scripts/build-release -p netattach -p netattach-bench`, or pass --netattach PATH",
     )?;
     for p in ["macvlan", "host-local"] {
         require_file(

@@ -8,6 +8,9 @@
 //! plugins, Multus, whereabouts and flannel are all non-PIE executables). The code itself is
 //! still compiled position-independent, and only this package's binaries are affected: build
 //! scripts, proc-macros and the libraries keep their defaults.
+//!
+//! The binary as it ships is also linked statically (`scripts/build-release`: `crt-static` and
+//! the static relocation model, which cargo can only set for a whole build with `--target`).
 fn main() {
     println!("cargo:rustc-link-arg-bins=-no-pie");
 }

@@ -1745,12 +1745,12 @@ fn run() -> Result<(), Error> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return Err("must run as root (it creates a network namespace): \
-                    sudo target/release/ipam-bench"
+                    sudo <target dir>/<host triple>/release/ipam-bench"
             .into());
     }
     require_file(
         &opts.netattach,
-        "cargo build --release -p netattach, or pass --netattach PATH",
+        "scripts/build-release -p netattach -p netattach-bench, or pass --netattach PATH",
     )?;
     for (p, what) in [
         (&opts.whereabouts, "whereabouts"),

@@ -959,12 +959,12 @@ fn run() -> Result<(), Error> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return Err("must run as root (it creates network namespaces): \
-                    sudo tools/test-k8s target/release/pod-bench"
+                    sudo tools/test-k8s <target dir>/<host triple>/release/pod-bench"
             .into());
     }
     require_file(
         &opts.netattach,
-        "cargo build --release -p netattach, or pass --netattach PATH",
+        "scripts/build-release -p netattach -p netattach-bench, or pass --netattach PATH",
     )?;
     for (p, what) in [
         (&opts.multus, "multus"),
