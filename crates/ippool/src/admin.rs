@@ -188,6 +188,30 @@ pub fn holdings(
     out
 }
 
+/// The reservations (by object name) that no allocation of `docs` accounts for: an address
+/// kept from every overlapping range with nothing in any pool behind it (see
+/// [`crate::gc`] for how they come about). Meaningful only when `docs` are all the namespace's
+/// pools.
+pub fn orphaned_reservations<'a>(
+    docs: &BTreeMap<String, PoolDoc>,
+    reservations: &'a BTreeMap<String, ReservationSeen>,
+) -> Vec<(&'a str, &'a ReservationSeen)> {
+    let accounted: BTreeSet<String> = docs
+        .values()
+        .flat_map(|doc| {
+            doc.allocations
+                .keys()
+                .filter_map(|offset| doc.ip_at(*offset))
+                .map(|ip| orip_name(ip, doc.network_name.as_deref()))
+        })
+        .collect();
+    reservations
+        .iter()
+        .filter(|(name, _)| !accounted.contains(name.as_str()))
+        .map(|(name, seen)| (name.as_str(), seen))
+        .collect()
+}
+
 /// `namespace/name` split, when both parts are there.
 pub fn split_podref(podref: &str) -> Option<(&str, &str)> {
     podref
@@ -486,6 +510,32 @@ mod tests {
         assert_eq!(h[3].pod.as_ref().map(|p| p.state), Some(PodState::Gone));
         assert_eq!(h[4].pod, None, "not looked up");
         assert!(h.iter().all(|h| h.pool == "stor-198.18.0.0-24"));
+    }
+
+    #[test]
+    fn orphaned_reservations_are_those_no_allocation_names() {
+        let mut stor = PoolDoc::new("198.18.0.0/24".parse().expect("cidr"), Some("stor".into()));
+        stor.allocations.insert(1, res("c1", "ns/a", None));
+        let mut plain = PoolDoc::new("198.18.1.0/24".parse().expect("cidr"), None);
+        plain.allocations.insert(7, res("c7", "ns/b", None));
+        let docs = BTreeMap::from([
+            ("stor-198.18.0.0-24".to_string(), stor),
+            ("198.18.1.0-24".to_string(), plain),
+        ]);
+        let orips = BTreeMap::from([
+            ("stor-198.18.0.1".to_string(), seen("ns/a", 1)),
+            ("198.18.1.7".to_string(), seen("ns/b", 1)),
+            // The same address in another network, a free address, another network's.
+            ("198.18.0.1".to_string(), seen("ns/x", 1)),
+            ("stor-198.18.0.2".to_string(), seen("ns/y", 1)),
+            ("other-198.18.1.7".to_string(), seen("ns/z", 1)),
+        ]);
+        let names: Vec<&str> = orphaned_reservations(&docs, &orips)
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
+        assert_eq!(names, ["198.18.0.1", "other-198.18.1.7", "stor-198.18.0.2"]);
+        assert!(orphaned_reservations(&docs, &BTreeMap::new()).is_empty());
     }
 
     #[test]

@@ -237,6 +237,9 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                     for problem in &listing.unreadable {
                         eprintln!("netattach: {problem}");
                     }
+                    for note in &listing.orphaned {
+                        eprintln!("netattach: note: {note}");
+                    }
                     return Ok(if listing.unreadable.is_empty() {
                         ExitCode::SUCCESS
                     } else {

@@ -23,7 +23,7 @@ use netattach_ipam::local::FileStore;
 use netattach_ipam::range::IpRange;
 use netattach_ipam::store::{Allocation, AllocationRequest, Owner, Store};
 use netattach_ippool::crd::orip_name;
-use netattach_ippool::{IPPool, KubeIpam, OverlappingRangeIPReservation};
+use netattach_ippool::{IPPool, KubeIpam, OverlappingRangeIPReservation, OverlappingRangeIPReservationSpec};
 use serde_json::{Value, json};
 
 /// What one `netattach` run printed.
@@ -200,7 +200,48 @@ async fn ls_and_show_list_pod_node_and_age() {
     let pool = web.pool.clone();
     let sel = ["--kubeconfig", kc, "--namespace", ns.name()];
 
-    let table = ok(&with(&["ipam", "ls"], &sel));
+    // A reservation no allocation accounts for (a release that lost its reservation delete).
+    let orips: Api<OverlappingRangeIPReservation> = Api::namespaced(admin.clone(), ns.name());
+    let orphan_name = orip_name("198.18.50.200".parse().expect("ip"), Some(network));
+    let mut orphan = OverlappingRangeIPReservation::new(
+        &orphan_name,
+        OverlappingRangeIPReservationSpec {
+            containerid: String::new(),
+            podref: podref("left"),
+            ifname: "net1".into(),
+        },
+    );
+    orphan.metadata.namespace = Some(ns.name().to_string());
+    orips
+        .create(&PostParams::default(), &orphan)
+        .await
+        .expect("orphaned reservation");
+
+    let listed = netattach(&with(&["ipam", "ls"], &sel));
+    assert!(listed.ok, "{}", listed.stderr);
+    let note = listed
+        .stderr
+        .lines()
+        .find(|l| l.contains(&orphan_name))
+        .unwrap_or_else(|| panic!("no note on the orphaned reservation:\n{}", listed.stderr));
+    for want in [
+        "netattach: note: OverlappingRangeIPReservation".to_string(),
+        format!("pod {} gone, interface net1", podref("left")),
+        "no IPPool allocation accounts for it".to_string(),
+        format!(
+            "kubectl -n {} delete overlappingrangeipreservation {orphan_name}",
+            ns.name()
+        ),
+    ] {
+        assert!(note.contains(&want), "{want:?} not in {note}");
+    }
+    assert_eq!(
+        listed.stderr.lines().filter(|l| l.contains("note:")).count(),
+        1,
+        "only the orphan gets a note (every other reservation has its allocation):\n{}",
+        listed.stderr
+    );
+    let table = listed.stdout;
     let header: Vec<&str> = table.lines().next().expect("header").split_whitespace().collect();
     assert_eq!(
         header,
@@ -241,7 +282,6 @@ async fn ls_and_show_list_pod_node_and_age() {
     assert_eq!(w["node"], node.name);
     assert_eq!(w["podState"], "live");
     assert_eq!(w["ageSource"], "reservation");
-    let orips: Api<OverlappingRangeIPReservation> = Api::namespaced(admin.clone(), ns.name());
     let web_orip = orips
         .get(&orip_name(web.ip, Some(network)))
         .await

@@ -27,7 +27,8 @@ use netattach_ipam::pool::{OffsetRelease, PoolDoc, Reservation};
 use netattach_ipam::range::ip_to_u128;
 use netattach_ippool::KubeStore;
 use netattach_ippool::admin::{
-    Holding, OperatorRelease, PodInfo, PodState, ReservationAfter, ReservationSeen, holdings, split_podref,
+    Holding, OperatorRelease, PodInfo, PodState, ReservationAfter, ReservationSeen, holdings,
+    orphaned_reservations, split_podref,
 };
 use netattach_ippool::usage::PoolUsage;
 
@@ -357,12 +358,48 @@ impl Backend {
     }
 
     fn holdings_of(&self, docs: &BTreeMap<String, PoolDoc>) -> Result<Vec<Holding>, AdminError> {
-        let reservations = self.reservations()?;
+        self.holdings_with(docs, &self.reservations()?)
+    }
+
+    fn holdings_with(
+        &self,
+        docs: &BTreeMap<String, PoolDoc>,
+        reservations: &BTreeMap<String, ReservationSeen>,
+    ) -> Result<Vec<Holding>, AdminError> {
         let pods = self.pods(
             docs.values()
                 .flat_map(|d| d.allocations.values().map(|r| r.podref.as_str())),
         )?;
-        Ok(holdings(docs, &reservations, &pods))
+        Ok(holdings(docs, reservations, &pods))
+    }
+
+    /// One note per reservation that no allocation of `docs` (all the namespace's pools)
+    /// accounts for, with its pod's state and what to do about it.
+    fn orphan_notes(
+        &self,
+        docs: &BTreeMap<String, PoolDoc>,
+        reservations: &BTreeMap<String, ReservationSeen>,
+    ) -> Result<Vec<String>, AdminError> {
+        let orphans = orphaned_reservations(docs, reservations);
+        if orphans.is_empty() {
+            return Ok(Vec::new());
+        }
+        let pods = self.pods(orphans.iter().map(|(_, seen)| seen.podref.as_str()))?;
+        let ns = self.namespace();
+        Ok(orphans
+            .into_iter()
+            .map(|(name, seen)| {
+                let state = pods.get(&seen.podref).map_or("unknown", |p| p.state.as_str());
+                format!(
+                    "OverlappingRangeIPReservation `{ns}/{name}` (pod {} {state}, interface {}) keeps its \
+                     address from every overlapping range, but no IPPool allocation accounts for it; the \
+                     IPAM garbage collector deletes it once its pod is gone, or delete it by hand: \
+                     kubectl -n {ns} delete overlappingrangeipreservation {name}",
+                    if seen.podref.is_empty() { "-" } else { &seen.podref },
+                    if seen.ifname.is_empty() { "-" } else { &seen.ifname },
+                )
+            })
+            .collect())
     }
 
     fn release(
@@ -398,18 +435,29 @@ pub struct Listing {
     /// One line per pool that could not be understood and is missing from the report, saying
     /// what is wrong with it and how to repair it.
     pub unreadable: Vec<String>,
+    /// One line per overlapping-range reservation that no allocation accounts for (only when
+    /// every pool could be read).
+    pub orphaned: Vec<String>,
 }
 
 /// `netattach ipam ls`: every held address of the selected store with its pod, node and age.
 /// A pool that cannot be understood does not hide the others: it is named in
-/// [`Listing::unreadable`].
+/// [`Listing::unreadable`]. Reservations without an allocation are named in
+/// [`Listing::orphaned`].
 pub fn ls(sel: &StoreSelection, as_json: bool) -> Result<Listing, AdminError> {
     let backend = sel.open()?;
     let (docs, unreadable) = backend.docs_and_unreadable()?;
-    let held = backend.holdings_of(&docs)?;
+    let reservations = backend.reservations()?;
+    let held = backend.holdings_with(&docs, &reservations)?;
+    let orphaned = if unreadable.is_empty() {
+        backend.orphan_notes(&docs, &reservations)?
+    } else {
+        Vec::new()
+    };
     Ok(Listing {
         report: ipam_report::render_holdings(&held, unix_now(), as_json),
         unreadable,
+        orphaned,
     })
 }
 
