@@ -30,7 +30,7 @@ use netattach_daemon::nad::{NetworkAttachmentDefinition, NetworkAttachmentDefini
 use serde_json::json;
 
 mod support;
-use support::{DaemonProcess, ensure_nodes, free_port};
+use support::{DaemonProcess, ensure_nodes};
 
 /// Set (to a JSON array of flags) when this binary is the daemon child.
 const CHILD_ENV: &str = "NETATTACH_DAEMON_TEST_CHILD";
@@ -51,7 +51,6 @@ struct Daemon {
     dir: tempfile::TempDir,
     socket: PathBuf,
     ready: PathBuf,
-    metrics_addr: String,
 }
 
 impl std::ops::Deref for Daemon {
@@ -73,7 +72,6 @@ impl Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("run").join("daemon.sock");
         let ready = dir.path().join("ready");
-        let metrics_addr = format!("127.0.0.1:{}", free_port());
         let mut flags: Vec<String> = vec![
             "--node".into(),
             NODE.into(),
@@ -84,7 +82,7 @@ impl Daemon {
             "--ready-file".into(),
             ready.display().to_string(),
             "--metrics-addr".into(),
-            metrics_addr.clone(),
+            "127.0.0.1:0".into(),
         ];
         flags.extend(extra.iter().map(|s| s.to_string()));
         Daemon {
@@ -92,7 +90,6 @@ impl Daemon {
             dir,
             socket,
             ready,
-            metrics_addr,
         }
     }
 
@@ -125,7 +122,7 @@ impl Daemon {
     }
 
     fn http_get(&self, path: &str) -> String {
-        let mut s = std::net::TcpStream::connect(&self.metrics_addr).expect("connect metrics");
+        let mut s = std::net::TcpStream::connect(self.metrics_addr()).expect("connect metrics");
         write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").expect("send");
         let mut out = String::new();
         s.read_to_string(&mut out).expect("read");

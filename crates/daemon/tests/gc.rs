@@ -32,7 +32,7 @@ use netattach_ippool::{
 use serde_json::json;
 
 mod support;
-use support::{DaemonProcess, ensure_nodes, free_port};
+use support::{DaemonProcess, ensure_nodes};
 
 /// Set (to a JSON array of flags) when this binary is the daemon child.
 const CHILD_ENV: &str = "NETATTACH_GC_TEST_CHILD";
@@ -60,7 +60,6 @@ struct Daemon {
     node: String,
     process: DaemonProcess,
     dir: tempfile::TempDir,
-    metrics_addr: String,
 }
 
 impl std::ops::Deref for Daemon {
@@ -80,7 +79,6 @@ impl Daemon {
     /// Starts the daemon of `node` (its own identity), collecting in `ipam_namespace`.
     fn start(cluster: &netattach_testenv::Cluster, node: &str, ipam_namespace: &str) -> Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
-        let metrics_addr = format!("127.0.0.1:{}", free_port());
         let kubeconfig = cluster
             .dir()
             .join("kubeconfig")
@@ -95,7 +93,7 @@ impl Daemon {
             "--ready-file".into(),
             dir.path().join("ready").display().to_string(),
             "--metrics-addr".into(),
-            metrics_addr.clone(),
+            "127.0.0.1:0".into(),
             "--ipam-namespace".into(),
             ipam_namespace.into(),
         ];
@@ -103,7 +101,6 @@ impl Daemon {
             node: node.into(),
             process: DaemonProcess::spawn(CHILD_ENV, flags, &dir.path().join("daemon.log"), WAIT),
             dir,
-            metrics_addr,
         }
     }
 
@@ -119,7 +116,7 @@ impl Daemon {
 
     /// The value of one series (`name` with its labels), `None` while `/metrics` does not answer.
     fn metric(&self, series: &str) -> Option<f64> {
-        let mut s = std::net::TcpStream::connect(&self.metrics_addr).ok()?;
+        let mut s = std::net::TcpStream::connect(self.metrics_addr()).ok()?;
         write!(s, "GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n").ok()?;
         let mut text = String::new();
         s.read_to_string(&mut text).ok()?;

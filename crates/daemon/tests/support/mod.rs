@@ -54,7 +54,12 @@ pub struct DaemonProcess {
     flags: Vec<String>,
     log: PathBuf,
     exit_wait: Duration,
+    /// How many start lines the log held when the running process was spawned.
+    starts_before: usize,
 }
+
+/// The line the daemon logs once it listens, with `metrics=<address>`.
+const STARTED_LINE: &str = "netattach daemon started";
 
 impl DaemonProcess {
     /// Starts the daemon with `flags` (passed in `env`), its stderr appended to `log`;
@@ -66,6 +71,7 @@ impl DaemonProcess {
             flags,
             log: log.to_path_buf(),
             exit_wait,
+            starts_before: 0,
         };
         p.respawn();
         p
@@ -73,6 +79,7 @@ impl DaemonProcess {
 
     /// Starts the daemon again with the same flags and log (after it exited).
     pub fn respawn(&mut self) {
+        self.starts_before = self.log_text().matches(STARTED_LINE).count();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -102,6 +109,31 @@ impl DaemonProcess {
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Where the running process serves `/metrics` and `/readyz`: the tests pass
+    /// `--metrics-addr 127.0.0.1:0` (a port picked up front could be taken before the daemon
+    /// binds it), and the daemon logs the address it bound, before its caches sync. Waits for
+    /// that line of this process.
+    pub fn metrics_addr(&self) -> String {
+        let deadline = std::time::Instant::now() + self.exit_wait;
+        loop {
+            let text = self.log_text();
+            let addr = text
+                .lines()
+                .filter(|l| l.contains(STARTED_LINE))
+                .nth(self.starts_before)
+                .and_then(|l| l.split_whitespace().find_map(|w| w.strip_prefix("metrics=")));
+            if let Some(addr) = addr {
+                return addr.to_string();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the daemon logged no metrics address within {:?}:\n{text}",
+                self.exit_wait
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// The exit status, once the process has exited.
@@ -148,12 +180,6 @@ impl Drop for DaemonProcess {
             let _ = child.wait();
         }
     }
-}
-
-/// A loopback port nobody listens on right now.
-pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local addr").port()
 }
 
 /// Node objects for the simulated nodes, so that the pod garbage collector of
