@@ -1,5 +1,9 @@
 //! The watch caches the store's pool view and the turns are read from: a kube-rs reflector
 //! driven by a task of its own.
+//!
+//! Objects are cached without their `managedFields`: nothing here reads them, and a pool's are
+//! as large as its allocations (one field set per offset), so every copy the engine takes of a
+//! watched pool would clone them too. Writes never carry them either ([`crate::store::replacement`]).
 
 use futures::StreamExt;
 use kube::Api;
@@ -26,7 +30,12 @@ where
         + 'static,
 {
     let (store, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher(api, config).default_backoff());
+    let stream = reflector::reflector(
+        writer,
+        watcher(api, config)
+            .default_backoff()
+            .modify(|o| o.meta_mut().managed_fields = None),
+    );
     let task = tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         while let Some(item) = stream.next().await {
