@@ -4,6 +4,7 @@
 //! that CNI plugin. Invoked as `netattach` with `CNI_COMMAND` set it is the meta-plugin;
 //! otherwise it is the command-line tool.
 
+use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -181,10 +182,12 @@ fn invoked_as() -> String {
 fn init_logging(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env(netattach_plugins::logging::ENV_FILTER)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    // Plugins own stdout for the protocol: logs always go to stderr.
+    // Plugins own stdout for the protocol: logs always go to stderr, colored only on a terminal
+    // (a daemon's log file or journal gets plain text).
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
 }
 

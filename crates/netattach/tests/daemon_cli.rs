@@ -1,6 +1,6 @@
 //! `netattach daemon` as the real binary, without a cluster: flags, start-up errors, the
-//! not-ready answer while the API is unreachable, and a clean SIGTERM exit. The daemon's
-//! behaviour against a real apiserver is tested in crates/daemon/tests/daemon.rs.
+//! not-ready answer while the API is unreachable, a clean SIGTERM exit and a plain-text log. The
+//! daemon's behaviour against a real apiserver is tested in crates/daemon/tests/daemon.rs.
 
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
@@ -118,4 +118,7 @@ fn unreachable_api_means_not_ready_and_sigterm_exits_cleanly() {
     assert!(out.status.success(), "{}: {log}", out.status);
     assert!(!socket.exists(), "socket left behind");
     assert!(log.contains("shutting down"), "{log}");
+    // A log that is not a terminal (a file, the journal, a pod's log) is plain text.
+    assert!(!log.contains('\u{1b}'), "ANSI escapes in the log: {log:?}");
+    assert!(log.contains(" metrics=127.0.0.1:"), "{log}");
 }
