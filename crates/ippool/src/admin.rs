@@ -21,6 +21,7 @@ use netattach_ipam::error::IpamError;
 use netattach_ipam::pool::{self, OffsetRelease, PoolDoc, Reservation};
 
 use crate::crd::{doc_from_pool, orip_name};
+use crate::gc::accounted_reservations;
 use crate::store::{KubeIpam, UnreadablePool};
 
 /// Whether the pod an allocation names still runs.
@@ -196,15 +197,7 @@ pub fn orphaned_reservations<'a>(
     docs: &BTreeMap<String, PoolDoc>,
     reservations: &'a BTreeMap<String, ReservationSeen>,
 ) -> Vec<(&'a str, &'a ReservationSeen)> {
-    let accounted: BTreeSet<String> = docs
-        .values()
-        .flat_map(|doc| {
-            doc.allocations
-                .keys()
-                .filter_map(|offset| doc.ip_at(*offset))
-                .map(|ip| orip_name(ip, doc.network_name.as_deref()))
-        })
-        .collect();
+    let accounted = accounted_reservations(docs.values());
     reservations
         .iter()
         .filter(|(name, _)| !accounted.contains(name.as_str()))

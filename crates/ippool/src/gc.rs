@@ -134,7 +134,9 @@ impl KubeIpam {
         })?;
         let listed = self.list_pools().await?;
         let complete = listed.unreadable.is_empty();
-        let held = held_in(listed.readable(self.namespace(), "garbage collection"));
+        let pools = listed.readable(self.namespace(), "garbage collection");
+        let accounted = accounted_reservations(pools.iter().map(|(_, doc)| doc));
+        let held = held_in(pools);
         if !complete {
             tracing::warn!("an IPPool cannot be understood: no overlapping-range reservation is collected");
             return Ok(ReservationSnapshot {
@@ -142,10 +144,6 @@ impl KubeIpam {
                 orphans: Vec::new(),
             });
         }
-        let accounted: BTreeSet<String> = held
-            .iter()
-            .map(|h| orip_name(h.ip, h.network_name.as_deref()))
-            .collect();
         let orphans = reservations
             .items
             .into_iter()
@@ -232,6 +230,19 @@ impl KubeIpam {
         }
         Ok(freed)
     }
+}
+
+/// The names of the overlapping-range reservations the allocations of `docs` account for
+/// (whereabouts' `NormalizeIP(ip, network_name)` of each held address).
+pub fn accounted_reservations<'a>(docs: impl IntoIterator<Item = &'a PoolDoc>) -> BTreeSet<String> {
+    docs.into_iter()
+        .flat_map(|doc| {
+            doc.allocations
+                .keys()
+                .filter_map(|offset| doc.ip_at(*offset))
+                .map(|ip| orip_name(ip, doc.network_name.as_deref()))
+        })
+        .collect()
 }
 
 /// Every held address of `pools`.

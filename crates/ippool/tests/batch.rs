@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
@@ -319,13 +320,32 @@ async fn another_nodes_write_seen_by_the_watch_is_built_on_without_a_read_or_a_c
     watching.abort();
 }
 
+/// The place in line of node 4, which has been waiting for 10 s.
+fn node4_waiting_long() -> Waiter {
+    Waiter {
+        since: Timestamp::now()
+            .checked_sub(SignedDuration::from_secs(10))
+            .expect("timestamp"),
+        node: "node-4".into(),
+    }
+}
+
+/// `place` uses its turn: a write of the pool that carries its mark.
+async fn use_turn(pool_api: &Api<IPPool>, pool_name: &str, place: &Waiter) {
+    let mut pool = pool_api.get(pool_name).await.expect("pool");
+    pool.annotations_mut()
+        .insert(turn::DONE_ANNOTATION.to_string(), place.mark());
+    pool_api
+        .replace(pool_name, &Default::default(), &pool)
+        .await
+        .expect("the write in turn");
+}
+
 /// Node 3 finds node 4 in line for a contended pool, started before it: node 3 queues behind
 /// it and sends nothing until the pool says node 4's turn was used, then writes in its own
 /// turn. No write is sent to lose, and node 3 leaves the line afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_waits_for_the_turn_of_a_node_that_waited_longer() {
-    use k8s_openapi::jiff::{SignedDuration, Timestamp};
-
     let cluster = netattach_testenv::cluster().await;
     let ns = cluster.namespace("batch-turns").await;
     let cidr = "198.18.99.0/24";
@@ -348,12 +368,7 @@ async fn a_node_waits_for_the_turn_of_a_node_that_waited_longer() {
 
     // Node 4 has been waiting for 10 s.
     let node4_turns = Turns::new(leases.clone(), "node-4");
-    let node4_place = Waiter {
-        since: Timestamp::now()
-            .checked_sub(SignedDuration::from_secs(10))
-            .expect("timestamp"),
-        node: "node-4".into(),
-    };
+    let node4_place = node4_waiting_long();
     node4_turns
         .queue(&lease_api, &pool_name, &node4_place, &Default::default())
         .await
@@ -390,13 +405,7 @@ async fn a_node_waits_for_the_turn_of_a_node_that_waited_longer() {
     assert!(!waiting.is_finished());
 
     // Node 4 uses its turn: a write that carries its mark.
-    let mut pool = pool_api.get(&pool_name).await.expect("pool");
-    pool.annotations_mut()
-        .insert(turn::DONE_ANNOTATION.to_string(), node4_place.mark());
-    pool_api
-        .replace(&pool_name, &Default::default(), &pool)
-        .await
-        .expect("node 4's write");
+    use_turn(&pool_api, &pool_name, &node4_place).await;
 
     let second = waiting
         .await
@@ -434,7 +443,6 @@ async fn a_node_waits_for_the_turn_of_a_node_that_waited_longer() {
 /// its overlapping-range reservation claimed, and the pool's mark names both turns.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_write_in_turn_carries_what_the_nodes_behind_it_posted() {
-    use k8s_openapi::jiff::{SignedDuration, Timestamp};
     use netattach_ippool::OverlappingRangeIPReservation;
 
     let cluster = netattach_testenv::cluster().await;
@@ -462,12 +470,7 @@ async fn the_write_in_turn_carries_what_the_nodes_behind_it_posted() {
     let rv_first = pool_api.get(&pool_name).await.expect("pool").resource_version();
 
     // Node 4 has been waiting for 10 s and stays in line (renewed) until it uses its turn.
-    let node4_place = Waiter {
-        since: Timestamp::now()
-            .checked_sub(SignedDuration::from_secs(10))
-            .expect("timestamp"),
-        node: "node-4".into(),
-    };
+    let node4_place = node4_waiting_long();
     let renewing = tokio::spawn({
         let (turns, api, pool, place) = (
             Turns::new(leases.clone(), "node-4"),
@@ -512,13 +515,7 @@ async fn the_write_in_turn_carries_what_the_nodes_behind_it_posted() {
     // Node 4 uses its turn and leaves.
     renewing.abort();
     drop(renewing.await);
-    let mut pool = pool_api.get(&pool_name).await.expect("pool");
-    pool.annotations_mut()
-        .insert(turn::DONE_ANNOTATION.to_string(), node4_place.mark());
-    pool_api
-        .replace(&pool_name, &Default::default(), &pool)
-        .await
-        .expect("node 4's write");
+    use_turn(&pool_api, &pool_name, &node4_place).await;
     Turns::new(leases.clone(), "node-4")
         .leave(&lease_api, &pool_name)
         .await
@@ -594,7 +591,6 @@ async fn the_write_in_turn_carries_what_the_nodes_behind_it_posted() {
 /// waiter's that is being renewed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_turn_leases_are_swept_and_live_ones_kept() {
-    use k8s_openapi::jiff::{SignedDuration, Timestamp};
     use kube::api::{Patch, PatchParams};
 
     let cluster = netattach_testenv::cluster().await;
