@@ -7,21 +7,34 @@
 //! renewed for [`RENEW_DEADLINE`], before anyone else may take over, and releases the Lease
 //! (empty `holderIdentity`) on shutdown so that a successor need not wait for the expiry.
 //!
-//! [`Election`] publishes "this process leads" on a `tokio::sync::watch` channel. Whoever acts
-//! on it must still make every write safe on its own (the GC's writes are resourceVersion-checked):
-//! a process paused longer than the Lease (SIGSTOP, a VM freeze) believes it leads until its
-//! next renewal fails.
+//! Unlike client-go, nobody polls the Lease with reads. Every candidate watches it (one
+//! long-lived request per daemon; an event per renewal) and looks at its watched copy every
+//! [`RETRY_INTERVAL`]; the holder renews on the object its last write returned. Polling would
+//! cost a cluster of N nodes N/2 GETs a second, each through the API server's whole request
+//! chain, for a Lease that changes once every [`RENEW_INTERVAL`]. A read is left only where the
+//! watched copy cannot answer: before the watch has synced, and after a renewal was refused
+//! (the Lease changed under the holder).
+//!
+//! [`run`] publishes "this process leads" on a `tokio::sync::watch` channel. Whoever acts on it
+//! must still make every write safe on its own (the GC's writes are resourceVersion-checked): a
+//! process paused longer than the Lease (SIGSTOP, a VM freeze) believes it leads until its next
+//! renewal fails.
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::time::Duration;
 
+use futures::FutureExt as _;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{ObjectMeta, PostParams};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
 use kube::{Api, Client};
+use netattach_ippool::watch::in_background;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 /// How long a Lease is valid after its last renewal (`leaseDurationSeconds`).
@@ -34,7 +47,7 @@ pub const RENEW_INTERVAL: Duration = Duration::from_secs(5);
 pub const RENEW_DEADLINE: Duration = Duration::from_secs(8);
 /// How often a non-holder looks at the Lease, and how soon a failed renewal is retried.
 pub const RETRY_INTERVAL: Duration = Duration::from_secs(2);
-/// Upper bound of one acquire-or-renew round (a GET and an update).
+/// Upper bound of one acquire-or-renew round (at most a GET and an update).
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// This process's identity in the Lease: `<node>_<random>`, unique per process, so that a
@@ -58,6 +71,17 @@ pub struct Elector {
     name: String,
     identity: String,
     observed: Option<Observed>,
+    /// The Lease as this candidate's last successful write returned it (the holder renews on it).
+    written: Option<Lease>,
+    /// The watched copy of the Lease, and the task that keeps it (stopped on drop).
+    watched: Store<Lease>,
+    watch_task: JoinHandle<()>,
+}
+
+impl Drop for Elector {
+    fn drop(&mut self) {
+        self.watch_task.abort();
+    }
 }
 
 fn now() -> MicroTime {
@@ -73,13 +97,23 @@ fn duration_secs(d: Duration) -> i32 {
 }
 
 impl Elector {
-    /// A candidate `identity` for Lease `namespace/name`.
+    /// A candidate `identity` for Lease `namespace/name`; starts its watch of the Lease on the
+    /// current runtime.
     pub fn new(client: Client, namespace: &str, name: &str, identity: String) -> Elector {
+        let api: Api<Lease> = Api::namespaced(client, namespace);
+        let (watched, watch_task) = in_background(
+            api.clone(),
+            watcher::Config::default().fields(&format!("metadata.name={name}")),
+            "leader-election Lease",
+        );
         Elector {
-            api: Api::namespaced(client, namespace),
+            api,
             name: name.to_string(),
             identity,
             observed: None,
+            written: None,
+            watched,
+            watch_task,
         }
     }
 
@@ -105,7 +139,35 @@ impl Elector {
     ///
     /// API failures other than losing the race (a 409 is `Ok(false)`).
     pub async fn try_acquire_or_renew(&mut self) -> Result<bool, kube::Error> {
-        let Some(current) = self.api.get_opt(&self.name).await? else {
+        // The holder renews on its own last write: no read. (Kept when the write fails: one
+        // applied without an answer makes the next renewal on it refused, and read afresh.)
+        if let Some(written) = self.written.clone()
+            && written.spec.as_ref().and_then(|s| s.holder_identity.as_deref())
+                == Some(self.identity.as_str())
+        {
+            match self.write(written, true, None).await {
+                Ok(true) => return Ok(true),
+                // Refused: the Lease changed under the holder. Judge it afresh, read from the API.
+                Ok(false) => {}
+                Err(e) => return Err(e),
+            }
+            let current = self.api.get_opt(&self.name).await?;
+            return self.acquire_or_renew(current).await;
+        }
+        let current = match self.watched.wait_until_ready().now_or_never() {
+            Some(Ok(())) => self
+                .watched
+                .get(&ObjectRef::new(&self.name).within(self.api.namespace().unwrap_or_default()))
+                .map(|lease| (*lease).clone()),
+            // Not synced yet (or the watch is gone): read.
+            _ => self.api.get_opt(&self.name).await?,
+        };
+        self.acquire_or_renew(current).await
+    }
+
+    /// The round on `current`, the Lease as last seen (`None`: there is none).
+    async fn acquire_or_renew(&mut self, current: Option<Lease>) -> Result<bool, kube::Error> {
+        let Some(current) = current else {
             let lease = Lease {
                 metadata: ObjectMeta {
                     name: Some(self.name.clone()),
@@ -123,6 +185,7 @@ impl Elector {
             return match self.api.create(&PostParams::default(), &lease).await {
                 Ok(created) => {
                     self.observe(&created);
+                    self.written = Some(created);
                     Ok(true)
                 }
                 Err(e) if is_conflict(&e) => Ok(false),
@@ -143,7 +206,19 @@ impl Elector {
                 return Ok(false);
             }
         }
-        let mut next = current.clone();
+        self.write(current, mine, holder).await
+    }
+
+    /// Writes `current` (as last seen) renewed by this candidate, or taken over from `holder`
+    /// unless `mine`. `Ok(false)` when the write was refused because the Lease changed since.
+    async fn write(
+        &mut self,
+        current: Lease,
+        mine: bool,
+        holder: Option<String>,
+    ) -> Result<bool, kube::Error> {
+        let spec = current.spec.clone().unwrap_or_default();
+        let mut next = current;
         next.spec = Some(LeaseSpec {
             holder_identity: Some(self.identity.clone()),
             lease_duration_seconds: Some(duration_secs(LEASE_DURATION)),
@@ -156,17 +231,21 @@ impl Elector {
             },
             ..spec
         });
-        // `next` carries the resourceVersion read above: the update is refused (409) if anyone
-        // wrote the Lease since.
+        // `next` carries the resourceVersion it was seen with: the update is refused (409) if
+        // anyone wrote the Lease since.
         match self.api.replace(&self.name, &PostParams::default(), &next).await {
             Ok(written) => {
                 self.observe(&written);
+                self.written = Some(written);
                 if !mine {
                     tracing::info!(lease = %self.name, identity = %self.identity, previous = ?holder, "acquired the lease");
                 }
                 Ok(true)
             }
-            Err(e) if is_conflict(&e) => Ok(false),
+            Err(e) if is_conflict(&e) => {
+                self.written = None;
+                Ok(false)
+            }
             Err(e) => Err(e),
         }
     }

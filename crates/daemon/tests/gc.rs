@@ -376,8 +376,9 @@ impl World {
     }
 }
 
-/// How many times `user` has read the collector's Lease in `ns` (from the apiserver's audit log).
-fn lease_reads(cluster: &netattach_testenv::Cluster, user: &str, ns: &str) -> usize {
+/// How many requests with one of `verbs` `user` has made for the collector's Lease in `ns` (from
+/// the apiserver's audit log).
+fn lease_requests(cluster: &netattach_testenv::Cluster, user: &str, ns: &str, verbs: &[&str]) -> usize {
     let audit = std::fs::read(cluster.audit_log()).expect("audit log");
     String::from_utf8_lossy(&audit)
         .lines()
@@ -385,7 +386,7 @@ fn lease_reads(cluster: &netattach_testenv::Cluster, user: &str, ns: &str) -> us
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter(|e| {
             e["user"]["username"] == user
-                && e["verb"] == "get"
+                && verbs.iter().any(|v| e["verb"] == *v)
                 && e["objectRef"]["resource"] == "leases"
                 && e["objectRef"]["namespace"] == ns
                 && e["objectRef"]["name"] == LEASE_NAME
@@ -821,19 +822,34 @@ async fn exactly_one_daemon_leads_and_a_killed_leader_is_taken_over() {
         .and_then(|s| s.lease_transitions)
         .unwrap_or_default();
 
-    // The follower keeps looking at the Lease (every 2 s) and keeps away from it while the
-    // leader renews it: after three more looks, nothing changed hands.
+    // While the leader renews, the Lease costs one update per renewal and nothing else: the
+    // leader renews on its last write without reading, and the follower watches instead of
+    // polling (client-go's protocol reads it every 2 s on every node). Two more renewals (every
+    // 5 s) pass without a request from the follower or a read from the leader, and nothing
+    // changes hands.
+    // (Its watch is a request too, but a long-lived one: renewed every few minutes.)
+    const ONE_SHOT: &[&str] = &["get", "create", "update", "patch"];
+    let leader_user = format!("netattach:node:{}", daemons[leader].node);
     let follower_user = format!("netattach:node:{}", daemons[follower].node);
-    let looks = lease_reads(cluster, &follower_user, &w.ns);
+    let renewals = lease_requests(cluster, &leader_user, &w.ns, &["update"]);
+    let leader_reads = lease_requests(cluster, &leader_user, &w.ns, &["get"]);
+    let follower_requests = lease_requests(cluster, &follower_user, &w.ns, ONE_SHOT);
     let deadline = Instant::now() + WAIT;
-    while lease_reads(cluster, &follower_user, &w.ns) < looks + 3 {
+    while lease_requests(cluster, &leader_user, &w.ns, &["update"]) < renewals + 2 {
         daemons[follower].assert_running();
-        assert!(
-            Instant::now() < deadline,
-            "the follower stopped looking at the lease"
-        );
+        assert!(Instant::now() < deadline, "the leader stopped renewing the lease");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    assert_eq!(
+        lease_requests(cluster, &follower_user, &w.ns, ONE_SHOT),
+        follower_requests,
+        "the follower polled the lease"
+    );
+    assert_eq!(
+        lease_requests(cluster, &leader_user, &w.ns, &["get"]),
+        leader_reads,
+        "the leader read the lease to renew it"
+    );
     assert_eq!(w.lease_holder().await.as_deref(), Some(holder.as_str()));
     assert_eq!(
         w.lease()
