@@ -1240,7 +1240,7 @@ fn run_system(env: &Env, sys: Sys, n: usize) -> Result<SysRun, Error> {
         };
         let engine = format!(
             "{} batches of {} requests (largest {}), {} pool writes, {} conflicts (409), {} pool reads, {} rebases \
-             on the watch's copy, {} allocations carried in {} batches by other nodes' writes, {} writer claims \
+             on the watch's copy, {} entries carried in {} batches by other nodes' writes, {} writer claims \
              lost, {} transient errors",
             delta("batches_total"),
             delta("batched_requests_total"),
@@ -1249,7 +1249,7 @@ fn run_system(env: &Env, sys: Sys, n: usize) -> Result<SysRun, Error> {
             delta("pool_conflicts_total"),
             delta("pool_reads_total"),
             delta("pool_rebases_total"),
-            delta("carried_allocations_total"),
+            delta("carried_entries_total"),
             delta("carried_batches_total"),
             delta("writer_claims_lost_total"),
             delta("api_transient_errors_total"),

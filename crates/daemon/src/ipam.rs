@@ -340,9 +340,9 @@ impl IpamService {
                 |e| e.ipam().stats().orip_reads,
             ),
             (
-                "carried_allocations_total",
+                "carried_entries_total",
                 "counter",
-                "Allocations of other nodes' waiting batches written with this node's own, in its turn.",
+                "Entries of other nodes' waiting batches (allocations added, releases removed) written with this node's own, in its turn.",
                 |e| e.ipam().stats().carried,
             ),
             (

@@ -22,7 +22,10 @@
 //! node that lost a write, or sees others waiting, queues and sends its write only when no node
 //! that started waiting earlier is still in line, redoing the batch once on the newest version
 //! when its turn comes. Ten nodes then write one after the other instead of nine writes in ten
-//! being refused, and no node can lose round after round until its requests time out.
+//! being refused, and no node can lose round after round until its requests time out. A waiting
+//! batch posts what it adds and removes, and the node whose turn comes writes that with its own
+//! (carrying): a carried batch answers from the watch. A carried release answers with what it
+//! freed on the copy it posted from, as the newer copy no longer holds it.
 //!
 //! A failure of one request (its pool is exhausted, its static address is held) fails that
 //! request only. A failure of the pool write (API down past the retry budget, permission) fails
@@ -43,7 +46,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::crd::{IPPool, allocation_of, doc_from_pool, orip_name, pool_origin};
 use crate::store::{KubeIpam, OripClaim, RangeOutcome, Stats, per_range};
-use crate::turn::{Allocations, Claim, Posted, RENEW_EVERY, Turns, Waiter};
+use crate::turn::{Changes, Claim, Posted, RENEW_EVERY, Turns, Waiter};
 use k8s_openapi::jiff::Timestamp;
 
 /// Most requests folded into one pool write (bounds the patch size and the time a batch holds
@@ -404,7 +407,9 @@ fn owner_key(o: &Owner) -> OwnerKey {
 ///
 /// `published` maps the offsets this batch posted for carrying to their jobs: an attachment
 /// found at an offset its own job posted got it from this batch (carried by another node), so
-/// it does not count as held before.
+/// it does not count as held before. `freed_before` holds what each release freed in an earlier
+/// computation of this batch: a release answers with those too, as their entries are gone now
+/// (another node's write carried the release, or this batch's own write made them go).
 fn compute(
     name: &str,
     doc: PoolDoc,
@@ -412,7 +417,7 @@ fn compute(
     search: &Search,
     failed: &[Option<IpamError>],
     held_before: &mut [Option<bool>],
-    published: &HashMap<u128, usize>,
+    (published, freed_before): (&HashMap<u128, usize>, &HashMap<usize, Vec<Allocation>>),
 ) -> (Vec<Option<Outcome>>, PoolDoc, bool) {
     let blocked = &search.avoid;
     let mut doc = doc;
@@ -440,8 +445,13 @@ fn compute(
         }
         let outcome = match request {
             JobRequest::Release(owner) => {
-                let (freed, changed) = pool::release_in(&mut docs, owner);
+                let (mut freed, changed) = pool::release_in(&mut docs, owner);
                 dirty |= !changed.is_empty();
+                for before in freed_before.get(&job).into_iter().flatten() {
+                    if !freed.iter().any(|f| f.ip == before.ip) {
+                        freed.push(before.clone());
+                    }
+                }
                 Outcome::Released(freed)
             }
             JobRequest::Allocate(req) => {
@@ -530,12 +540,12 @@ fn range_outcome(
     })
 }
 
-/// What `doc` adds to `current`, the pool it was computed on, in the pool's own form; `None`
-/// when it also removes or changes an entry (a release, an eviction) or there is no pool yet:
-/// only additions can be carried by another node's write.
-fn additions(current: Option<&IPPool>, doc: &PoolDoc) -> Option<Allocations> {
+/// What `doc` changes in `current`, the pool it was computed on, in the pool's own form: the
+/// entries it adds and the ones it removes. `None` when it changes an entry in place or there
+/// is no pool yet: only additions and removals can be carried by another node's write.
+fn changes(current: Option<&IPPool>, doc: &PoolDoc) -> Option<Changes> {
     let held = &current?.spec.allocations;
-    let mut added = Allocations::new();
+    let mut out = Changes::default();
     let mut kept = 0_usize;
     for (offset, r) in &doc.allocations {
         let key = offset.to_string();
@@ -544,25 +554,35 @@ fn additions(current: Option<&IPPool>, doc: &PoolDoc) -> Option<Allocations> {
             Some(e) if *e == entry => kept += 1,
             Some(_) => return None,
             None => {
-                added.insert(key, entry);
+                out.adds.insert(key, entry);
             }
         }
     }
-    (kept == held.len()).then_some(added)
+    if kept < held.len() {
+        for (key, e) in held {
+            if !doc.allocations.contains_key(&key.parse::<u128>().ok()?) {
+                out.removes.insert(key.clone(), e.clone());
+            }
+        }
+    }
+    Some(out)
 }
 
 /// An attachment as the pool stores it, for the lookups of [`carry`].
 type EntryKey = (String, String);
 
-/// Adds to `doc` what other waiting nodes posted, in line order, each node's allocations all or
-/// none: every offset inside the range and free (or holding that very entry already), and no
-/// attachment of them holding another address of the pool. Returns the marks of the turns it
-/// served (for [`crate::turn::DONE_ANNOTATION`]) and how many allocations it added.
+/// Applies to `doc` what other waiting nodes posted, in line order, each node's changes all or
+/// none: every offset it adds inside the range and free (or holding that very entry already),
+/// and no attachment it adds holding another address of the pool (unless that address is one
+/// it removes). An entry it removes goes only while it is exactly the one posted: one that is
+/// gone or changed already is not the waiter's to remove any more. Returns the marks of the
+/// turns it served (for [`crate::turn::DONE_ANNOTATION`]) and how many entries it added or
+/// removed.
 fn carry(doc: &mut PoolDoc, posted: &[Posted], now: u64) -> (Vec<String>, u64) {
     let mut marks = Vec::new();
-    let mut added = 0;
-    if posted.iter().all(|p| p.pending.is_empty()) {
-        return (marks, added);
+    let mut carried = 0;
+    if posted.iter().all(|p| p.changes.is_empty()) {
+        return (marks, carried);
     }
     // Where each attachment is, by (podref, ifname) and by (container id, ifname): the two ways
     // an owner recognises its entry (`Owner::is_attachment_of`).
@@ -574,9 +594,22 @@ fn carry(doc: &mut PoolDoc, posted: &[Posted], now: u64) -> (Vec<String>, u64) {
         }
         by_id.insert((r.id.clone(), r.ifname.clone()), *offset);
     }
-    'waiters: for p in posted.iter().filter(|p| !p.pending.is_empty()) {
-        let mut entries = Vec::with_capacity(p.pending.len());
-        for (key, e) in &p.pending {
+    'waiters: for p in posted.iter().filter(|p| !p.changes.is_empty()) {
+        let mut removing = BTreeSet::new();
+        for (key, e) in &p.changes.removes {
+            let Ok(offset) = key.parse::<u128>() else {
+                continue 'waiters;
+            };
+            if doc
+                .allocations
+                .get(&offset)
+                .is_some_and(|r| allocation_of(r) == *e)
+            {
+                removing.insert(offset);
+            }
+        }
+        let mut entries = Vec::with_capacity(p.changes.adds.len());
+        for (key, e) in &p.changes.adds {
             let Ok(offset) = key.parse::<u128>() else {
                 continue 'waiters;
             };
@@ -587,13 +620,26 @@ fn carry(doc: &mut PoolDoc, posted: &[Posted], now: u64) -> (Vec<String>, u64) {
                 .allocations
                 .get(&offset)
                 .is_none_or(|r| allocation_of(r) == *e);
-            let elsewhere = |at: Option<&u128>| at.is_some_and(|at| *at != offset);
+            let elsewhere = |at: Option<&u128>| at.is_some_and(|at| *at != offset && !removing.contains(at));
             let pod = (e.podref.clone(), e.ifname.clone());
             let id = (e.id.clone(), e.ifname.clone());
             if !free || (!e.podref.is_empty() && elsewhere(by_pod.get(&pod))) || elsewhere(by_id.get(&id)) {
                 continue 'waiters;
             }
             entries.push((offset, e, pod, id));
+        }
+        for offset in &removing {
+            if let Some(r) = doc.allocations.remove(offset) {
+                for (index, key) in [
+                    (&mut by_pod, (r.podref, r.ifname.clone())),
+                    (&mut by_id, (r.id, r.ifname)),
+                ] {
+                    if index.get(&key) == Some(offset) {
+                        index.remove(&key);
+                    }
+                }
+                carried += 1;
+            }
         }
         for (offset, e, pod, id) in entries {
             if doc.allocations.contains_key(&offset) {
@@ -612,17 +658,18 @@ fn carry(doc: &mut PoolDoc, posted: &[Posted], now: u64) -> (Vec<String>, u64) {
                 by_pod.insert(pod, offset);
             }
             by_id.insert(id, offset);
-            added += 1;
+            carried += 1;
         }
         marks.push(p.waiter.mark());
     }
-    (marks, added)
+    (marks, carried)
 }
 
 /// Where a newer pool leaves what a waiting batch posted.
 #[derive(Debug, PartialEq, Eq)]
 enum Posting {
-    /// Every posted allocation is in it: another node's write carried the batch.
+    /// Every posted addition is in it and every posted removal gone: another node's write
+    /// carried the batch.
     Carried,
     /// One of the posted offsets holds someone else now: the batch must be redone (and posted
     /// again).
@@ -631,25 +678,37 @@ enum Posting {
     Open,
 }
 
-fn judge(pool: &IPPool, pending: &Allocations) -> Posting {
+fn judge(pool: &IPPool, posted: &Changes) -> Posting {
     let mut all = true;
-    for (key, entry) in pending {
+    for (key, entry) in &posted.adds {
         match pool.spec.allocations.get(key) {
             Some(held) if held == entry => {}
             Some(_) => return Posting::Collided,
             None => all = false,
         }
     }
+    if posted
+        .removes
+        .iter()
+        .any(|(key, entry)| pool.spec.allocations.get(key) == Some(entry))
+    {
+        all = false;
+    }
     if all { Posting::Carried } else { Posting::Open }
 }
 
-/// Whether every job of a batch got an address that it posted itself (so a pool that shows them
-/// all was written, with them, after they were posted: another node carried the batch).
+/// Whether a batch that has nothing to write was settled by writes seen since it started: every
+/// job got an address that it posted itself (a pool that shows them all was written, with them,
+/// after they were posted: another node carried the batch), or is a release whose entries this
+/// batch saw held on an earlier copy and finds gone on this newer one (only those give a release
+/// something freed without a write of its own).
 fn all_carried(outcomes: &[Option<Outcome>], published: &HashMap<u128, usize>) -> bool {
     !outcomes.is_empty()
-        && outcomes.iter().enumerate().all(
-            |(i, o)| matches!(o, Some(Outcome::Allocated(out)) if published.get(&out.offset) == Some(&i)),
-        )
+        && outcomes.iter().enumerate().all(|(i, o)| match o {
+            Some(Outcome::Allocated(out)) => published.get(&out.offset) == Some(&i),
+            Some(Outcome::Released(freed)) => !freed.is_empty(),
+            _ => false,
+        })
 }
 
 /// A turn-Lease write, given at most [`RENEW_EVERY`]: the queue is advisory, and a batch must
@@ -692,7 +751,7 @@ async fn wait_for_turn(
     place: &mut Place,
     current_rv: Option<&str>,
     until: tokio::time::Instant,
-    pending: &Allocations,
+    pending: &Changes,
 ) -> TurnWait {
     loop {
         if !pending.is_empty()
@@ -904,9 +963,11 @@ async fn settle(
     // This batch's place in line for the pool (crate::turn).
     let mut place: Option<Place> = None;
     // What the batch posted on its turn Lease for another node to carry, and every offset it
-    // ever posted → the job it was for.
-    let mut posted = Allocations::new();
+    // ever posted to add → the job it was for.
+    let mut posted = Changes::default();
     let mut published: HashMap<u128, usize> = HashMap::new();
+    // What each release freed in an earlier computation, by job (`compute`).
+    let mut freed_before: HashMap<usize, Vec<Allocation>> = HashMap::new();
     // Where this batch searches for new addresses under contention (`Search::from`).
     let mut spread: Option<u64> = None;
 
@@ -1001,7 +1062,7 @@ async fn settle(
             .map(|t| t.posted_by_others(ipam.namespace(), name))
             .unwrap_or_default()
             .iter()
-            .flat_map(|p| p.pending.keys().filter_map(|k| k.parse::<u128>().ok()))
+            .flat_map(|p| p.changes.adds.keys().filter_map(|k| k.parse::<u128>().ok()))
             .collect();
         // Under contention, new addresses are searched from a point of the range drawn once per
         // batch, so that batches computed at the same moment post different ones.
@@ -1027,7 +1088,7 @@ async fn settle(
             &spread_out,
             &ledger.failed,
             &mut held_before,
-            &published,
+            (&published, &freed_before),
         );
         if let Some(unspread) = unspread
             && outcomes
@@ -1043,10 +1104,17 @@ async fn settle(
                 &plain,
                 &ledger.failed,
                 &mut held_before,
-                &published,
+                (&published, &freed_before),
             );
         }
         let dirty = computed_dirty || evicted;
+        for (i, o) in outcomes.iter().enumerate() {
+            if let Some(Outcome::Released(freed)) = o
+                && !freed.is_empty()
+            {
+                freed_before.insert(i, freed.clone());
+            }
+        }
 
         let current_rv = current.as_ref().and_then(|p| p.metadata.resource_version.clone());
         if dirty && let Some(newer) = ipam.watched_newer(name, current_rv.as_deref()) {
@@ -1065,12 +1133,17 @@ async fn settle(
         if dirty && let Some(turns) = ipam.turns() {
             let join = place.is_none() && (contended || turns.others_waiting(ipam.namespace(), name));
             if join || place.is_some() {
-                // Post what this batch adds, for the node whose turn comes first to carry.
-                let pending = additions(current.as_ref(), &doc).unwrap_or_default();
+                // Post what this batch adds and removes, for the node whose turn comes first to
+                // carry (not while it takes back addresses it wrote: those writes are its own).
+                let pending = if ledger.evict.is_empty() {
+                    changes(current.as_ref(), &doc).unwrap_or_default()
+                } else {
+                    Changes::default()
+                };
                 if join || pending != posted {
                     for (i, o) in outcomes.iter().enumerate() {
                         if let Some(Outcome::Allocated(out)) = o
-                            && pending.contains_key(&out.offset.to_string())
+                            && pending.adds.contains_key(&out.offset.to_string())
                         {
                             published.insert(out.offset, i);
                         }
@@ -1115,7 +1188,7 @@ async fn settle(
                         let others = turns.posted_by_others(ipam.namespace(), name);
                         let (served, added) = carry(&mut doc, &others, unix_now());
                         tracing::debug!(pool = %name, in_line = others.len(),
-                            posted = others.iter().filter(|p| !p.pending.is_empty()).count(),
+                            posted = others.iter().filter(|p| !p.changes.is_empty()).count(),
                             served = served.len(), carried = added, own = outcomes.len(),
                             base = current_rv.as_deref().unwrap_or(""), "writing in turn");
                         carried = added;
@@ -1324,6 +1397,7 @@ async fn settle(
 mod tests {
     use super::*;
     use crate::crd::{IPAllocation, IPPoolSpec};
+    use crate::turn::Allocations;
     use netattach_ipam::range::IpRange;
 
     fn entry(pod: &str) -> IPAllocation {
@@ -1357,33 +1431,102 @@ mod tests {
     }
 
     fn posted(node: &str, secs: i64, entries: &[(u128, &str)]) -> Posted {
+        releasing(node, secs, entries, &[])
+    }
+
+    /// A waiter that posted `adds` and `removes`.
+    fn releasing(node: &str, secs: i64, adds: &[(u128, &str)], removes: &[(u128, &str)]) -> Posted {
         Posted {
             waiter: Waiter {
                 since: Timestamp::from_second(1_700_000_000 + secs).unwrap_or(Timestamp::UNIX_EPOCH),
                 node: node.into(),
             },
-            pending: allocations(entries),
+            changes: Changes {
+                adds: allocations(adds),
+                removes: allocations(removes),
+            },
         }
     }
 
     #[test]
-    fn only_a_batch_that_adds_and_nothing_else_can_be_carried() {
+    fn additions_and_removals_can_be_carried_but_not_an_entry_changing_hands() {
         let base = pool(&[(1, "a"), (2, "b")]);
         assert_eq!(
-            additions(Some(&base), &doc(&[(1, "a"), (2, "b"), (3, "c"), (9, "d")])),
-            Some(allocations(&[(3, "c"), (9, "d")]))
+            changes(Some(&base), &doc(&[(1, "a"), (2, "b"), (3, "c"), (9, "d")])),
+            Some(Changes {
+                adds: allocations(&[(3, "c"), (9, "d")]),
+                removes: Allocations::new(),
+            })
         );
         assert_eq!(
-            additions(Some(&base), &doc(&[(2, "b"), (3, "c")])),
-            None,
-            "a release"
+            changes(Some(&base), &doc(&[(2, "b"), (3, "c")])),
+            Some(Changes {
+                adds: allocations(&[(3, "c")]),
+                removes: allocations(&[(1, "a")]),
+            }),
+            "a release and an allocation"
         );
         assert_eq!(
-            additions(Some(&base), &doc(&[(1, "a"), (2, "x"), (3, "c")])),
+            changes(Some(&base), &doc(&[(1, "a"), (2, "x"), (3, "c")])),
             None,
             "an entry changed hands"
         );
-        assert_eq!(additions(None, &doc(&[(3, "c")])), None, "the pool is created");
+        assert_eq!(changes(None, &doc(&[(3, "c")])), None, "the pool is created");
+    }
+
+    #[test]
+    fn a_posted_release_removes_only_the_entry_it_names() {
+        let mut d = doc(&[(1, "a"), (2, "b"), (3, "x")]);
+        let (served, carried) = carry(
+            &mut d,
+            &[
+                // Releases a and re-adds it elsewhere in one batch: both go through.
+                releasing("node-2", 1, &[(5, "a")], &[(1, "a")]),
+                // Offset 3 holds x now, not the c it posted: x stays, the turn is served.
+                releasing("node-3", 2, &[], &[(3, "c")]),
+                releasing("node-4", 3, &[], &[(2, "b")]),
+            ],
+            42,
+        );
+        assert_eq!(carried, 3, "a out, a in, b out");
+        assert_eq!(served.len(), 3);
+        let held: Vec<(u128, String)> = d.allocations.iter().map(|(o, r)| (*o, r.id.clone())).collect();
+        assert_eq!(held, vec![(3, "ctr-x".to_string()), (5, "ctr-a".to_string())]);
+    }
+
+    #[test]
+    fn a_release_freed_earlier_in_the_batch_still_answers_once_its_entry_is_gone() {
+        let owner = Owner::new("ctr-b", Some("ns/b".into()), "net1");
+        let requests = [JobRequest::Release(&owner)];
+        let run = |d: PoolDoc, freed_before: &HashMap<usize, Vec<Allocation>>| {
+            let (outcomes, _, dirty) = compute(
+                "net-198.18.7.0-24",
+                d,
+                &requests,
+                &Search::default(),
+                &[None],
+                &mut [None],
+                (&HashMap::new(), freed_before),
+            );
+            let freed: Vec<IpAddr> = match outcomes.first() {
+                Some(Some(Outcome::Released(a))) => a.iter().map(|a| a.ip).collect(),
+                _ => Vec::new(),
+            };
+            (freed, dirty, all_carried(&outcomes, &HashMap::new()))
+        };
+        let ip: IpAddr = "198.18.7.2".parse().expect("ip");
+        // Held: freed, a write to make.
+        let (freed, dirty, _) = run(doc(&[(1, "a"), (2, "b")]), &HashMap::new());
+        assert_eq!((freed.clone(), dirty), (vec![ip], true));
+        // Gone on a newer copy, after this batch saw it held (another node's write carried the
+        // release): the same answer, nothing to write, no read needed.
+        // What the first computation freed, as `settle` keeps it.
+        let mut docs = BTreeMap::from([("net-198.18.7.0-24".to_string(), doc(&[(1, "a"), (2, "b")]))]);
+        let (before, _) = pool::release_in(&mut docs, &owner);
+        let freed_before = HashMap::from([(0, before)]);
+        assert_eq!(run(doc(&[(1, "a")]), &freed_before), (vec![ip], false, true));
+        // Never seen held: nothing freed, and an answer from a copy that may be stale needs a read.
+        assert_eq!(run(doc(&[(1, "a")]), &HashMap::new()), (Vec::new(), false, false));
     }
 
     #[test]
@@ -1427,10 +1570,20 @@ mod tests {
 
     #[test]
     fn a_newer_pool_carried_collided_or_left_open_what_was_posted() {
-        let pending = allocations(&[(2, "b"), (3, "c")]);
+        let pending = Changes {
+            adds: allocations(&[(2, "b"), (3, "c")]),
+            removes: allocations(&[(1, "a")]),
+        };
+        assert_eq!(judge(&pool(&[(2, "b"), (3, "c")]), &pending), Posting::Carried);
+        assert_eq!(
+            judge(&pool(&[(1, "x"), (2, "b"), (3, "c")]), &pending),
+            Posting::Carried,
+            "the entry posted for removal is gone, whatever holds its offset now"
+        );
         assert_eq!(
             judge(&pool(&[(1, "a"), (2, "b"), (3, "c")]), &pending),
-            Posting::Carried
+            Posting::Open,
+            "added, but not removed yet"
         );
         assert_eq!(judge(&pool(&[(1, "a"), (2, "b")]), &pending), Posting::Open);
         assert_eq!(judge(&pool(&[(2, "b"), (3, "x")]), &pending), Posting::Collided);
@@ -1455,7 +1608,7 @@ mod tests {
                 &Search::default(),
                 &[None],
                 &mut held,
-                published,
+                (published, &HashMap::new()),
             );
             let new = match outcomes.first() {
                 Some(Some(Outcome::Allocated(o))) => Some((o.offset, o.new)),
@@ -1490,7 +1643,7 @@ mod tests {
                 search,
                 &[None, None],
                 &mut held,
-                &HashMap::new(),
+                (&HashMap::new(), &HashMap::new()),
             );
             let got: Vec<Option<u128>> = outcomes
                 .iter()

@@ -87,8 +87,8 @@ pub struct Stats {
     /// Overlapping-range reservation reads (GET): to see who holds one that exists, or before
     /// deleting one this store did not create (or that changed since).
     pub orip_reads: AtomicU64,
-    /// Allocations of other nodes' batches this store wrote with its own (in its turn, from
-    /// what they posted on their turn Leases).
+    /// Entries of other nodes' batches (allocations added, releases removed) this store wrote
+    /// with its own (in its turn, from what they posted on their turn Leases).
     pub carried: AtomicU64,
     /// Batches of this store that another node's write carried (no write of its own).
     pub carried_in: AtomicU64,

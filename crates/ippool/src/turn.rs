@@ -20,8 +20,9 @@
 //! daemon died) is skipped, and a batch near its deadline writes regardless.
 //!
 //! A waiting node also posts the allocations its batch would write ([`PENDING_ANNOTATION`] on its
-//! Lease, whereabouts' own `{id, podref, ifname}` per decimal offset), and the node whose turn
-//! it is writes them together with its own when they still fit (the engine's carrying,
+//! Lease, whereabouts' own `{id, podref, ifname}` per decimal offset) and the ones it would
+//! remove ([`RELEASING_ANNOTATION`], same form), and the node whose turn it is writes them
+//! together with its own when they still fit (the engine's carrying,
 //! `crate::batch`): under a burst one write then serves every waiting node instead of one, and
 //! the mark it leaves names every turn it served. Nodes that compute their batches meanwhile
 //! keep off the offsets others posted, so the posted sets rarely collide.
@@ -67,6 +68,9 @@ pub const DONE_ANNOTATION: &str = "netattach.io/last-turn";
 /// Annotation of a turn Lease: the allocations the waiting node's batch would add to the pool,
 /// as the JSON of whereabouts' `allocations` map (decimal offset → `{id, podref, ifname}`).
 pub const PENDING_ANNOTATION: &str = "netattach.io/pending";
+/// Annotation of a turn Lease: the allocations the waiting node's batch would remove from the
+/// pool (its releases), each exactly as the pool holds it, in the form of [`PENDING_ANNOTATION`].
+pub const RELEASING_ANNOTATION: &str = "netattach.io/releasing";
 /// A waiter whose Lease has not changed for this long is taken for gone.
 pub const LIVE_FOR: Duration = Duration::from_secs(3);
 /// How often a waiting node renews its Lease.
@@ -131,13 +135,29 @@ pub enum Claim {
     Behind,
 }
 
-/// Another node in line, with the allocations it posted.
+/// What a waiting batch posts for the node whose turn comes first to write with its own.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// Allocations it would add ([`PENDING_ANNOTATION`]).
+    pub adds: Allocations,
+    /// Allocations it would remove, as the pool holds them ([`RELEASING_ANNOTATION`]).
+    pub removes: Allocations,
+}
+
+impl Changes {
+    /// Whether there is nothing to carry.
+    pub fn is_empty(&self) -> bool {
+        self.adds.is_empty() && self.removes.is_empty()
+    }
+}
+
+/// Another node in line, with what it posted.
 #[derive(Debug, Clone)]
 pub struct Posted {
     /// Its place.
     pub waiter: Waiter,
-    /// What its batch would add ([`PENDING_ANNOTATION`]); empty when it posted nothing.
-    pub pending: Allocations,
+    /// What its batch would add and remove; empty when it posted nothing.
+    pub changes: Changes,
 }
 
 /// The turn Leases seen by the daemon's watch, and this node's place in them.
@@ -265,17 +285,21 @@ impl Turns {
     /// The other live waiters of `pool` in `namespace`, in line order, with what they posted (a
     /// post that does not parse counts as none).
     pub fn posted_by_others(&self, namespace: &str, pool: &str) -> Vec<Posted> {
+        let posted = |lease: &Lease, key: &str| {
+            lease
+                .annotations()
+                .get(key)
+                .and_then(|text| serde_json::from_str::<Allocations>(text).ok())
+                .unwrap_or_default()
+        };
         let mut out: Vec<Posted> = self
-            .live(namespace, pool, |lease| {
-                lease
-                    .annotations()
-                    .get(PENDING_ANNOTATION)
-                    .and_then(|text| serde_json::from_str::<Allocations>(text).ok())
-                    .unwrap_or_default()
+            .live(namespace, pool, |lease| Changes {
+                adds: posted(lease, PENDING_ANNOTATION),
+                removes: posted(lease, RELEASING_ANNOTATION),
             })
             .into_iter()
             .filter(|(w, _)| w.node != self.node)
-            .map(|(waiter, pending)| Posted { waiter, pending })
+            .map(|(waiter, changes)| Posted { waiter, changes })
             .collect();
         out.sort_by(|a, b| a.waiter.cmp(&b.waiter));
         out
@@ -352,16 +376,16 @@ impl Turns {
         (!queued || waiters.iter().any(|w| w.mark() == mark)) && ahead_of(me, &waiters, done).is_none()
     }
 
-    /// Put this node in line for `pool` as `me` (or renew its place), posting `pending` (what its
-    /// batch would add; empty: nothing to carry): one server-side apply of its Lease.
+    /// Put this node in line for `pool` as `me` (or renew its place), posting `changes` (what its
+    /// batch would add and remove; empty: nothing to carry): one server-side apply of its Lease.
     pub async fn queue(
         &self,
         api: &Api<Lease>,
         pool: &str,
         me: &Waiter,
-        pending: &Allocations,
+        changes: &Changes,
     ) -> Result<(), kube::Error> {
-        self.apply(api, pool, (me.since, Timestamp::now()), pending).await
+        self.apply(api, pool, (me.since, Timestamp::now()), changes).await
     }
 
     /// Leave the line for `pool`: delete this node's Lease (already gone is fine).
@@ -378,15 +402,20 @@ impl Turns {
         api: &Api<Lease>,
         pool: &str,
         (since, renewed): (Timestamp, Timestamp),
-        pending: &Allocations,
+        changes: &Changes,
     ) -> Result<(), kube::Error> {
         let name = self.lease_name(pool);
         let mut annotations = serde_json::Map::new();
         annotations.insert(POOL_ANNOTATION.into(), pool.into());
-        if !pending.is_empty() {
-            // Server-side apply: leaving the key out removes what the last apply posted.
-            let text = serde_json::to_string(pending).unwrap_or_default();
-            annotations.insert(PENDING_ANNOTATION.into(), text.into());
+        // Server-side apply: leaving a key out removes what the last apply posted.
+        for (key, posted) in [
+            (PENDING_ANNOTATION, &changes.adds),
+            (RELEASING_ANNOTATION, &changes.removes),
+        ] {
+            if !posted.is_empty() {
+                let text = serde_json::to_string(posted).unwrap_or_default();
+                annotations.insert(key.into(), text.into());
+            }
         }
         let spec = json!({
             "holderIdentity": self.node,

@@ -4,7 +4,8 @@
 //! that the watch delivered is built on without a read or a lost write; a node that finds
 //! another waiting longer for a contended pool waits for that node's turn instead of sending a
 //! write to lose, and deletes its place when done; the node whose turn comes writes what the
-//! nodes behind it posted, so they need no write of their own; stale places are swept.
+//! nodes behind it posted (allocations and releases), so they need no write of their own; stale
+//! places are swept.
 //!
 //! The first write of each test is held in the store's write hook until the test has queued
 //! the rest (the engine's `submitted` counter says when), so the batch composition does not
@@ -576,6 +577,171 @@ async fn the_write_in_turn_carries_what_the_nodes_behind_it_posted() {
         writer.spec.as_ref().and_then(|s| s.holder_identity.as_deref()),
         Some("node-3")
     );
+    wait_for("nodes 3 and 5 to leave the line", || {
+        let in_line = leases
+            .state()
+            .iter()
+            .any(|l| l.annotations().contains_key(turn::POOL_ANNOTATION));
+        (!in_line).then_some(())
+    })
+    .await;
+}
+
+/// A release is carried like an allocation. Node 5 releases an address while it waits behind
+/// node 3 and posts the entry it removes; node 3's write in turn removes it along with adding
+/// its own allocation. Node 5 answers from the watch without a write or a read of its own,
+/// reports the address freed and deletes its overlapping-range reservation; the pool's mark
+/// names node 5's turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_write_in_turn_carries_a_release_posted_behind_it() {
+    use netattach_ippool::OverlappingRangeIPReservation;
+
+    let cluster = netattach_testenv::cluster().await;
+    let ns = cluster.namespace("batch-carry-release").await;
+    let cidr = "198.18.96.0/24";
+    let network = "carryrel";
+    let pool_name = format!("{network}-198.18.96.0-24");
+    let watches = TurnWatches::start(cluster.node_client("node-3"), ns.name());
+    let leases = &watches.leases;
+    let engine_of = |node: &str| watches.engine(cluster.node_client(node), ns.name(), node);
+    let (node3, node5) = (engine_of("node-3"), engine_of("node-5"));
+    let pool_api = Api::<IPPool>::namespaced(cluster.admin_client(), ns.name());
+    let lease_api = Api::<Lease>::namespaced(cluster.node_client("node-4"), ns.name());
+    let orips = Api::<OverlappingRangeIPReservation>::namespaced(cluster.admin_client(), ns.name());
+    let posted_by = |node: &str, key: &str| {
+        watches
+            .place_of(node)
+            .and_then(|l| l.annotations().get(key).cloned())
+            .and_then(|text| serde_json::from_str::<turn::Allocations>(&text).ok())
+    };
+
+    // Node 5 holds r0 (an uncontended write, its reservation claimed).
+    let r0 = node5
+        .allocate(&request("r0", cidr, network))
+        .await
+        .expect("uncontended allocation");
+    let before5 = node5.ipam().stats();
+    let r0_orip = netattach_ippool::crd::orip_name(r0[0].ip, Some(network));
+    assert!(orips.get_opt(&r0_orip).await.expect("get").is_some());
+    let rv_first = pool_api.get(&pool_name).await.expect("pool").resource_version();
+
+    // Node 4 has been waiting for 10 s and stays in line (renewed) until it uses its turn.
+    let node4_place = node4_waiting_long();
+    let renewing = tokio::spawn({
+        let (turns, api, pool, place) = (
+            Turns::new(leases.clone(), "node-4"),
+            lease_api.clone(),
+            pool_name.clone(),
+            node4_place.clone(),
+        );
+        async move {
+            loop {
+                turns
+                    .queue(&api, &pool, &place, &Default::default())
+                    .await
+                    .expect("node 4 queues (the node RBAC allows it)");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    });
+    wait_for("node 4's place in the watch", || watches.place_of("node-4")).await;
+
+    let at_node3 = tokio::spawn({
+        let node3 = node3.clone();
+        async move { node3.allocate(&request("r1", cidr, network)).await }
+    });
+    wait_for("node 3 to post its batch", || {
+        posted_by("node-3", turn::PENDING_ANNOTATION)
+    })
+    .await;
+    let r0_owner = Owner::new("ctr-r0", Some("batch/r0".to_string()), "net1");
+    let at_node5 = tokio::spawn({
+        let (node5, owner, pools) = (node5.clone(), r0_owner.clone(), vec![pool_name.clone()]);
+        async move { node5.release(&owner, &pools).await }
+    });
+    let removing = wait_for("node 5 to post its release", || {
+        posted_by("node-5", turn::RELEASING_ANNOTATION)
+    })
+    .await;
+    let range = IpRange::parse(cidr, None, None, &[], None).expect("range");
+    let r0_offset = range.offset_of(r0[0].ip).expect("offset").to_string();
+    assert_eq!(
+        removing.keys().collect::<Vec<_>>(),
+        vec![&r0_offset],
+        "node 5 posted r0's entry for removal: {removing:?}"
+    );
+    assert!(posted_by("node-5", turn::PENDING_ANNOTATION).is_none());
+    assert_eq!(
+        pool_api.get(&pool_name).await.expect("pool").resource_version(),
+        rv_first,
+        "nobody wrote while node 4 was ahead"
+    );
+
+    // Node 4 uses its turn and leaves.
+    renewing.abort();
+    drop(renewing.await);
+    use_turn(&pool_api, &pool_name, &node4_place).await;
+    Turns::new(leases.clone(), "node-4")
+        .leave(&lease_api, &pool_name)
+        .await
+        .expect("node 4 leaves");
+
+    let r1 = at_node3
+        .await
+        .expect("join")
+        .expect("node 3 allocates in its turn");
+    let freed = at_node5.await.expect("join").expect("node 5 releases, carried");
+    assert_eq!(
+        freed.iter().map(|a| a.ip).collect::<Vec<_>>(),
+        vec![r0[0].ip],
+        "the carried release reports what it freed"
+    );
+
+    let (s3, s5) = (node3.ipam().stats(), node5.ipam().stats());
+    assert_eq!(
+        (s3.writes, s3.carried, s3.conflicts),
+        (1, 1, 0),
+        "node 3 wrote once, in turn, with node 5's release: {s3:?}"
+    );
+    assert_eq!(
+        (
+            s5.writes - before5.writes,
+            s5.conflicts - before5.conflicts,
+            s5.reads - before5.reads,
+            s5.carried_in - before5.carried_in
+        ),
+        (0, 0, 0, 1),
+        "node 5's release took neither a write nor a read: {before5:?} -> {s5:?}"
+    );
+
+    let pool = pool_api.get(&pool_name).await.expect("pool");
+    let held: Vec<(String, String)> = pool
+        .spec
+        .allocations
+        .iter()
+        .map(|(offset, a)| (offset.clone(), a.podref.clone()))
+        .collect();
+    let r1_offset = range.offset_of(r1[0].ip).expect("offset").to_string();
+    assert_eq!(held, vec![(r1_offset, "batch/r1".to_string())]);
+    let mark = pool
+        .annotations()
+        .get(turn::DONE_ANNOTATION)
+        .cloned()
+        .unwrap_or_default();
+    let marks: Vec<&str> = mark.split(',').collect();
+    assert!(
+        marks.len() == 2 && marks[0].starts_with("node-3 ") && marks[1].starts_with("node-5 "),
+        "the write names node 3's turn and the node 5 turn it served: {mark}"
+    );
+    assert!(
+        orips.get_opt(&r0_orip).await.expect("get").is_none(),
+        "node 5 deleted the freed address's reservation"
+    );
+    let r1_orip = orips
+        .get(&netattach_ippool::crd::orip_name(r1[0].ip, Some(network)))
+        .await
+        .expect("node 3 claimed its address's reservation");
+    assert_eq!(r1_orip.spec.podref, "batch/r1");
     wait_for("nodes 3 and 5 to leave the line", || {
         let in_line = leases
             .state()
