@@ -111,6 +111,18 @@ impl TurnWatches {
         )
     }
 
+    /// Waits until the pool watch holds `pool` at resourceVersion `rv`.
+    async fn wait_for_pool(&self, pool: &str, rv: &Option<String>) {
+        wait_for("the pool in the watch", || {
+            self.pools
+                .state()
+                .iter()
+                .any(|p| p.name_any() == pool && p.resource_version() == *rv)
+                .then_some(())
+        })
+        .await;
+    }
+
     /// `node`'s place in line (its turn Lease), as the watch has it.
     fn place_of(&self, node: &str) -> Option<Lease> {
         self.leases.state().into_iter().map(|l| (*l).clone()).find(|l| {
@@ -469,6 +481,9 @@ async fn the_write_in_turn_carries_what_the_nodes_behind_it_posted() {
         .await
         .expect("uncontended first allocation");
     let rv_first = pool_api.get(&pool_name).await.expect("pool").resource_version();
+    // Node 5's engine reads the pool from the watch; under load the watch can still be
+    // listing. Its batch starts only once the watch holds the pool node 3 wrote.
+    watches.wait_for_pool(&pool_name, &rv_first).await;
 
     // Node 4 has been waiting for 10 s and stays in line (renewed) until it uses its turn.
     let node4_place = node4_waiting_long();
