@@ -64,7 +64,7 @@ impl std::fmt::Debug for State {
 }
 
 /// Prepares the socket: a 0700 directory (created if missing; an existing one must not be
-/// accessible to group or others), no stale socket, a fresh socket with mode 0600.
+/// accessible to group or others), no stale socket, a fresh socket that appears with mode 0600.
 pub fn bind(path: &Path) -> Result<UnixListener, Error> {
     let fail = |message: String| Error::Socket {
         path: path.to_path_buf(),
@@ -116,9 +116,29 @@ pub fn bind(path: &Path) -> Result<UnixListener, Error> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(fail(e.to_string())),
     }
-    let listener = UnixListener::bind(path).map_err(|e| fail(format!("bind: {e}")))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| fail(format!("chmod 0600: {e}")))?;
+    // Bound under a staging name, made 0600, then renamed into place: the socket never shows at
+    // `path` with the mode the umask gave it (a client or a check could see it in between).
+    let staging = path.with_file_name(format!(
+        ".{}.binding",
+        path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
+    ));
+    match std::fs::remove_file(&staging) {
+        // A daemon that died while binding left it.
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(fail(format!("removing {}: {e}", staging.display()))),
+    }
+    let listener = UnixListener::bind(&staging).map_err(|e| fail(format!("bind: {e}")))?;
+    let placed = std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| fail(format!("chmod 0600 {}: {e}", staging.display())))
+        .and_then(|()| {
+            std::fs::rename(&staging, path)
+                .map_err(|e| fail(format!("renaming {} into place: {e}", staging.display())))
+        });
+    if let Err(e) = placed {
+        let _ = std::fs::remove_file(&staging);
+        return Err(e);
+    }
     Ok(listener)
 }
 
@@ -428,6 +448,25 @@ mod tests {
         let short = pod_event("n", "ns", "p", None, "r", "short");
         assert_eq!(short.message.as_deref(), Some("short"));
         assert!(short.involved_object.uid.is_none());
+    }
+
+    #[tokio::test]
+    async fn the_socket_appears_with_mode_0600_and_listening() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))?;
+        let path = dir.path().join("d.sock");
+        // A leftover of a daemon that died while binding is replaced.
+        std::fs::write(dir.path().join(".d.sock.binding"), "x")?;
+        let listener = bind(&path)?;
+        assert_eq!(std::fs::metadata(&path)?.permissions().mode() & 0o777, 0o600);
+        let names: Vec<String> = std::fs::read_dir(dir.path())?
+            .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect::<Result<_, _>>()?;
+        assert_eq!(names, vec!["d.sock".to_string()], "no staging name left");
+        let (client, accepted) = tokio::join!(tokio::net::UnixStream::connect(&path), listener.accept());
+        client?;
+        accepted?;
+        Ok(())
     }
 
     #[test]
