@@ -63,6 +63,19 @@ fn ask(socket: &Path, request: &str) -> String {
     line
 }
 
+/// The daemon child: killed and reaped if the test ends first (a failed assertion), so a
+/// failure leaves no daemon behind.
+struct Running(Option<std::process::Child>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 #[test]
 fn unreachable_api_means_not_ready_and_sigterm_exits_cleanly() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -82,20 +95,23 @@ fn unreachable_api_means_not_ready_and_sigterm_exits_cleanly() {
     .expect("kubeconfig");
     let socket = dir.path().join("run/daemon.sock");
     let ready = dir.path().join("ready");
-    let mut child = Command::new(BIN)
-        .args(["daemon", "--node", "node-x", "--metrics-addr", "127.0.0.1:0"])
-        .arg("--kubeconfig")
-        .arg(&kubeconfig)
-        .arg("--socket")
-        .arg(&socket)
-        .arg("--ready-file")
-        .arg(&ready)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
+    let mut running = Running(Some(
+        Command::new(BIN)
+            .args(["daemon", "--node", "node-x", "--metrics-addr", "127.0.0.1:0"])
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--ready-file")
+            .arg(&ready)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn"),
+    ));
     let deadline = Instant::now() + Duration::from_secs(20);
     while !socket.exists() {
+        let child = running.0.as_mut().expect("running");
         if let Some(status) = child.try_wait().expect("wait") {
             panic!("exited early: {status}");
         }
@@ -110,6 +126,7 @@ fn unreachable_api_means_not_ready_and_sigterm_exits_cleanly() {
     assert!(answer.contains("\"code\":11"), "{answer}");
     assert!(!ready.exists());
 
+    let child = running.0.take().expect("running");
     // SAFETY: kill(2) on our own child.
     let rc = unsafe { libc::kill(i32::try_from(child.id()).expect("pid"), libc::SIGTERM) };
     assert_eq!(rc, 0);
