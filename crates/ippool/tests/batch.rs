@@ -123,6 +123,26 @@ impl TurnWatches {
         .await;
     }
 
+    /// What `node` posted under annotation `key` of its turn Lease, as the watch has it.
+    fn posted(&self, node: &str, key: &str) -> Option<turn::Allocations> {
+        self.place_of(node)
+            .and_then(|l| l.annotations().get(key).cloned())
+            .and_then(|text| serde_json::from_str::<turn::Allocations>(&text).ok())
+    }
+
+    /// Waits until no node is in line for any pool (every turn Lease left).
+    async fn wait_line_empty(&self, what: &str) {
+        wait_for(what, || {
+            let in_line = self
+                .leases
+                .state()
+                .iter()
+                .any(|l| l.annotations().contains_key(turn::POOL_ANNOTATION));
+            (!in_line).then_some(())
+        })
+        .await;
+    }
+
     /// `node`'s place in line (its turn Lease), as the watch has it.
     fn place_of(&self, node: &str) -> Option<Lease> {
         self.leases.state().into_iter().map(|l| (*l).clone()).find(|l| {
@@ -354,6 +374,47 @@ async fn use_turn(pool_api: &Api<IPPool>, pool_name: &str, place: &Waiter) {
         .expect("the write in turn");
 }
 
+/// Node 4, waiting for 10 s, in line for `pool` and kept there (renewed) by the returned task
+/// until [`node4_uses_turn_and_leaves`]; returns once the watch shows its place.
+async fn node4_in_line(watches: &TurnWatches, api: &Api<Lease>, pool: &str) -> (Waiter, JoinHandle<()>) {
+    let place = node4_waiting_long();
+    let renewing = tokio::spawn({
+        let (turns, api, pool, place) = (
+            Turns::new(watches.leases.clone(), "node-4"),
+            api.clone(),
+            pool.to_string(),
+            place.clone(),
+        );
+        async move {
+            loop {
+                turns
+                    .queue(&api, &pool, &place, &Default::default())
+                    .await
+                    .expect("node 4 queues (the node RBAC allows it)");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    });
+    wait_for("node 4's place in the watch", || watches.place_of("node-4")).await;
+    (place, renewing)
+}
+
+/// Node 4 stops renewing, uses its turn (a write of `pool` with its mark) and leaves the line.
+async fn node4_uses_turn_and_leaves(
+    watches: &TurnWatches,
+    (lease_api, pool_api): (&Api<Lease>, &Api<IPPool>),
+    pool: &str,
+    (place, renewing): (Waiter, JoinHandle<()>),
+) {
+    renewing.abort();
+    drop(renewing.await);
+    use_turn(pool_api, pool, &place).await;
+    Turns::new(watches.leases.clone(), "node-4")
+        .leave(lease_api, pool)
+        .await
+        .expect("node 4 leaves");
+}
+
 /// Node 3 finds node 4 in line for a contended pool, started before it: node 3 queues behind
 /// it and sends nothing until the pool says node 4's turn was used, then writes in its own
 /// turn. No write is sent to lose, and node 3 leaves the line afterwards.
@@ -469,12 +530,7 @@ async fn the_write_in_turn_carries_what_the_nodes_behind_it_posted() {
     let (node3, node5) = (engine_of("node-3"), engine_of("node-5"));
     let pool_api = Api::<IPPool>::namespaced(cluster.admin_client(), ns.name());
     let lease_api = Api::<Lease>::namespaced(cluster.node_client("node-4"), ns.name());
-    let posted_by = |node: &str| {
-        watches
-            .place_of(node)
-            .and_then(|l| l.annotations().get(turn::PENDING_ANNOTATION).cloned())
-            .and_then(|text| serde_json::from_str::<turn::Allocations>(&text).ok())
-    };
+    let posted_by = |node: &str| watches.posted(node, turn::PENDING_ANNOTATION);
 
     let first = node3
         .allocate(&request("c0", cidr, network))
@@ -486,25 +542,7 @@ async fn the_write_in_turn_carries_what_the_nodes_behind_it_posted() {
     watches.wait_for_pool(&pool_name, &rv_first).await;
 
     // Node 4 has been waiting for 10 s and stays in line (renewed) until it uses its turn.
-    let node4_place = node4_waiting_long();
-    let renewing = tokio::spawn({
-        let (turns, api, pool, place) = (
-            Turns::new(leases.clone(), "node-4"),
-            lease_api.clone(),
-            pool_name.clone(),
-            node4_place.clone(),
-        );
-        async move {
-            loop {
-                turns
-                    .queue(&api, &pool, &place, &Default::default())
-                    .await
-                    .expect("node 4 queues (the node RBAC allows it)");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        }
-    });
-    wait_for("node 4's place in the watch", || watches.place_of("node-4")).await;
+    let node4 = node4_in_line(&watches, &lease_api, &pool_name).await;
 
     let at_node3 = tokio::spawn({
         let node3 = node3.clone();
@@ -529,13 +567,7 @@ async fn the_write_in_turn_carries_what_the_nodes_behind_it_posted() {
     );
 
     // Node 4 uses its turn and leaves.
-    renewing.abort();
-    drop(renewing.await);
-    use_turn(&pool_api, &pool_name, &node4_place).await;
-    Turns::new(leases.clone(), "node-4")
-        .leave(&lease_api, &pool_name)
-        .await
-        .expect("node 4 leaves");
+    node4_uses_turn_and_leaves(&watches, (&lease_api, &pool_api), &pool_name, node4).await;
 
     let c1 = at_node3
         .await
@@ -592,14 +624,7 @@ async fn the_write_in_turn_carries_what_the_nodes_behind_it_posted() {
         writer.spec.as_ref().and_then(|s| s.holder_identity.as_deref()),
         Some("node-3")
     );
-    wait_for("nodes 3 and 5 to leave the line", || {
-        let in_line = leases
-            .state()
-            .iter()
-            .any(|l| l.annotations().contains_key(turn::POOL_ANNOTATION));
-        (!in_line).then_some(())
-    })
-    .await;
+    watches.wait_line_empty("nodes 3 and 5 to leave the line").await;
 }
 
 /// A release is carried like an allocation. Node 5 releases an address while it waits behind
@@ -617,18 +642,11 @@ async fn the_write_in_turn_carries_a_release_posted_behind_it() {
     let network = "carryrel";
     let pool_name = format!("{network}-198.18.96.0-24");
     let watches = TurnWatches::start(cluster.node_client("node-3"), ns.name());
-    let leases = &watches.leases;
     let engine_of = |node: &str| watches.engine(cluster.node_client(node), ns.name(), node);
     let (node3, node5) = (engine_of("node-3"), engine_of("node-5"));
     let pool_api = Api::<IPPool>::namespaced(cluster.admin_client(), ns.name());
     let lease_api = Api::<Lease>::namespaced(cluster.node_client("node-4"), ns.name());
     let orips = Api::<OverlappingRangeIPReservation>::namespaced(cluster.admin_client(), ns.name());
-    let posted_by = |node: &str, key: &str| {
-        watches
-            .place_of(node)
-            .and_then(|l| l.annotations().get(key).cloned())
-            .and_then(|text| serde_json::from_str::<turn::Allocations>(&text).ok())
-    };
 
     // Node 5 holds r0 (an uncontended write, its reservation claimed).
     let r0 = node5
@@ -641,32 +659,14 @@ async fn the_write_in_turn_carries_a_release_posted_behind_it() {
     let rv_first = pool_api.get(&pool_name).await.expect("pool").resource_version();
 
     // Node 4 has been waiting for 10 s and stays in line (renewed) until it uses its turn.
-    let node4_place = node4_waiting_long();
-    let renewing = tokio::spawn({
-        let (turns, api, pool, place) = (
-            Turns::new(leases.clone(), "node-4"),
-            lease_api.clone(),
-            pool_name.clone(),
-            node4_place.clone(),
-        );
-        async move {
-            loop {
-                turns
-                    .queue(&api, &pool, &place, &Default::default())
-                    .await
-                    .expect("node 4 queues (the node RBAC allows it)");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        }
-    });
-    wait_for("node 4's place in the watch", || watches.place_of("node-4")).await;
+    let node4 = node4_in_line(&watches, &lease_api, &pool_name).await;
 
     let at_node3 = tokio::spawn({
         let node3 = node3.clone();
         async move { node3.allocate(&request("r1", cidr, network)).await }
     });
     wait_for("node 3 to post its batch", || {
-        posted_by("node-3", turn::PENDING_ANNOTATION)
+        watches.posted("node-3", turn::PENDING_ANNOTATION)
     })
     .await;
     let r0_owner = Owner::new("ctr-r0", Some("batch/r0".to_string()), "net1");
@@ -675,7 +675,7 @@ async fn the_write_in_turn_carries_a_release_posted_behind_it() {
         async move { node5.release(&owner, &pools).await }
     });
     let removing = wait_for("node 5 to post its release", || {
-        posted_by("node-5", turn::RELEASING_ANNOTATION)
+        watches.posted("node-5", turn::RELEASING_ANNOTATION)
     })
     .await;
     let range = IpRange::parse(cidr, None, None, &[], None).expect("range");
@@ -685,7 +685,7 @@ async fn the_write_in_turn_carries_a_release_posted_behind_it() {
         vec![&r0_offset],
         "node 5 posted r0's entry for removal: {removing:?}"
     );
-    assert!(posted_by("node-5", turn::PENDING_ANNOTATION).is_none());
+    assert!(watches.posted("node-5", turn::PENDING_ANNOTATION).is_none());
     assert_eq!(
         pool_api.get(&pool_name).await.expect("pool").resource_version(),
         rv_first,
@@ -693,13 +693,7 @@ async fn the_write_in_turn_carries_a_release_posted_behind_it() {
     );
 
     // Node 4 uses its turn and leaves.
-    renewing.abort();
-    drop(renewing.await);
-    use_turn(&pool_api, &pool_name, &node4_place).await;
-    Turns::new(leases.clone(), "node-4")
-        .leave(&lease_api, &pool_name)
-        .await
-        .expect("node 4 leaves");
+    node4_uses_turn_and_leaves(&watches, (&lease_api, &pool_api), &pool_name, node4).await;
 
     let r1 = at_node3
         .await
@@ -757,14 +751,7 @@ async fn the_write_in_turn_carries_a_release_posted_behind_it() {
         .await
         .expect("node 3 claimed its address's reservation");
     assert_eq!(r1_orip.spec.podref, "batch/r1");
-    wait_for("nodes 3 and 5 to leave the line", || {
-        let in_line = leases
-            .state()
-            .iter()
-            .any(|l| l.annotations().contains_key(turn::POOL_ANNOTATION));
-        (!in_line).then_some(())
-    })
-    .await;
+    watches.wait_line_empty("nodes 3 and 5 to leave the line").await;
 }
 
 /// The sweep the GC leader runs deletes the turn Leases no live waiter holds (a daemon that
