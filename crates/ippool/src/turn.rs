@@ -192,7 +192,7 @@ impl Turns {
         &self.node
     }
 
-    /// The name of this node's turn Lease for `pool` (by a hash of the pool: [`pool_hash`]).
+    /// The name of this node's turn Lease for `pool` (by an FNV-1a hash of the pool's name).
     pub fn lease_name(&self, pool: &str) -> String {
         let mut name = format!("netattach-turn-{:016x}-{}", pool_hash(pool), self.node);
         name.truncate(253);
