@@ -22,7 +22,7 @@ mod support;
 
 use std::path::{Path, PathBuf};
 
-use netattach_netdev::Family;
+use netattach_netdev::{Family, sysctl};
 use serde_json::{Map, Value, json};
 use support::{IFNAME, MASTER, Ns, Runner, Topology};
 
@@ -122,6 +122,9 @@ struct State {
     addrs: Vec<(String, u8)>,
     /// (dst, gateway, scope, table) of each unicast route, except fe80::/64.
     routes: Vec<RouteKey>,
+    /// `net/ipv4/conf/<if>/arp_notify` (gratuitous ARP on link-up: both set it when IPAM gave
+    /// addresses).
+    arp_notify: String,
 }
 
 fn state(ns: &Ns) -> State {
@@ -150,6 +153,8 @@ fn state(ns: &Ns) -> State {
         })
         .collect();
     routes.sort();
+    let arp_notify = sysctl::get(&ns.netns(), &format!("net/ipv4/conf/{IFNAME}/arp_notify"))
+        .unwrap_or_else(|e| panic!("reading arp_notify of {IFNAME}: {e}"));
     State {
         kind: link.kind.clone(),
         mode: link.macvlan_mode.map(|m| m.as_str().to_string()),
@@ -157,6 +162,7 @@ fn state(ns: &Ns) -> State {
         flags: link.flags & FLAG_MASK,
         addrs,
         routes,
+        arp_notify,
     }
 }
 
@@ -238,6 +244,7 @@ fn netattach_matches_reference_macvlan_and_host_local() {
             assert_eq!(rf_state.mode.as_deref(), Some(case.mode), "{what}");
             assert_eq!(rf_state.mtu, case.mtu.unwrap_or(1500), "{what}");
             assert_eq!(rf_state.addrs.len(), usize::from(case.ipam), "{what}");
+            assert_eq!(rf_state.arp_notify, if case.ipam { "1" } else { "0" }, "{what}");
 
             let (na_m, rf_m) = (mask(&na_res), mask(&rf_res));
             // `--nocapture` shows what was compared.

@@ -15,8 +15,8 @@ use ipnet::IpNet;
 use netlink_packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL};
 use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage, AddressScope};
 use netlink_packet_route::link::{
-    InfoData, InfoKind, InfoMacVlan, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
-    LinkProtoInfoBridge, MacVlanMode as NlMacVlanMode, State,
+    AfSpecInet, AfSpecUnspec, InetDevConf, InfoData, InfoKind, InfoMacVlan, InfoVeth, LinkAttribute,
+    LinkFlags, LinkInfo, LinkMessage, LinkProtoInfoBridge, MacVlanMode as NlMacVlanMode, State,
 };
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteMetric, RouteProtocol, RouteScope,
@@ -644,6 +644,29 @@ impl Handle {
             msg,
             NLM_F_ACK,
             "rename link",
+            &format!("index {index} to {new_name}"),
+        )
+    }
+
+    /// Rename a link and turn on its IPv4 `arp_notify` in the same `RTM_SETLINK` (the value
+    /// travels as `IFLA_AF_SPEC` / `AF_INET` / `IFLA_INET_CONF`, as `ip link set ... ` would send
+    /// it): the kernel then sends a gratuitous ARP when the link comes up and when an address
+    /// changes, as `net/ipv4/conf/<if>/arp_notify=1` does, without a thread entering the link's
+    /// namespace to write `/proc/sys`. Call while the link is down, before it gets addresses.
+    pub fn rename_with_arp_notify(&mut self, index: u32, new_name: &str) -> Result<()> {
+        validate_ifname(new_name)?;
+        let mut msg = Self::set_msg(index);
+        msg.attributes.push(LinkAttribute::IfName(new_name.to_string()));
+        let mut conf = InetDevConf::default();
+        conf.arp_notify = 1;
+        msg.attributes
+            .push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet(vec![
+                AfSpecInet::DevConfRequest(conf),
+            ])]));
+        self.link_req(
+            msg,
+            NLM_F_ACK,
+            "rename link and set arp_notify",
             &format!("index {index} to {new_name}"),
         )
     }

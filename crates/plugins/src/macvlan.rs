@@ -1,9 +1,10 @@
 //! The `macvlan` CNI plugin, config-compatible with the reference plugin.
 //!
-//! ADD creates the link directly in the pod's namespace under a temporary name, renames it,
-//! runs IPAM, assigns addresses and routes, turns on `arp_notify`/`ndisc_notify` (the kernel
-//! then announces the addresses with a gratuitous ARP / unsolicited NA when the link comes
-//! up) and brings the link up. Any failure removes the link and releases the IPAM allocation:
+//! ADD creates the link directly in the pod's namespace under a temporary name, renames it
+//! (turning on `arp_notify` in the same netlink request when IPAM is configured), runs IPAM,
+//! assigns addresses and routes, turns on `ndisc_notify` for IPv6 (the kernel then announces
+//! the addresses with a gratuitous ARP / unsolicited NA when the link comes up) and brings the
+//! link up. Any failure removes the link and releases the IPAM allocation:
 //! nothing is left behind. DEL releases IPAM first, then deletes the link, and succeeds when
 //! the namespace, the link or the master is already gone.
 
@@ -458,7 +459,15 @@ fn attach(
     ipam_type: Option<&str>,
 ) -> Result<CniResult, CniError> {
     let ifname = req.inv.ifname.as_str();
-    ctr.rename(link.index, ifname).map_err(|e| {
+    // Step 3 for IPv4 rides on the rename when IPAM will give addresses: with arp_notify the
+    // kernel sends a gratuitous ARP for them when the link comes up (an L2-only link has none
+    // to announce, and the reference plugin leaves it alone).
+    let renamed = if ipam_type.is_some() {
+        ctr.rename_with_arp_notify(link.index, ifname)
+    } else {
+        ctr.rename(link.index, ifname)
+    };
+    renamed.map_err(|e| {
         if e.is_exists() {
             CniError::new(
                 code::INTERFACE_EXISTS,
@@ -471,10 +480,6 @@ fn attach(
             from_netdev(&format!("rename macvlan to {ifname}"), &e)
         }
     })?;
-    let link = ctr
-        .link_by_index(link.index)
-        .map_err(|e| from_netdev("re-read the macvlan", &e))?
-        .ok_or_else(|| CniError::new(code::LINK_SETUP_FAILED, "link setup failed", "macvlan vanished"))?;
     let mut result = CniResult {
         interfaces: vec![Interface {
             name: ifname.to_string(),
@@ -495,7 +500,7 @@ fn attach(
     // 2. IPAM.
     let ipam = ipam_delegate::call(Command::Add, ipam_type, req)?
         .ok_or_else(|| CniError::internal("IPAM ADD returned no result"))?;
-    let configured = configure_addresses(conf, target, ctr, &link, ifname, ipam, &mut result);
+    let configured = configure_addresses(conf, target, ctr, link, ifname, ipam, &mut result);
     if let Err(e) = configured {
         if let Err(del) = ipam_delegate::call(Command::Del, ipam_type, req) {
             tracing::error!(error = %del, "cleanup: IPAM DEL after failed ADD failed");
@@ -527,16 +532,18 @@ fn configure_addresses(
         ));
     }
     let has_v6 = ipam.ips.iter().any(|ip| ip.address.addr().is_ipv6());
-    // 3. Announcements: with arp_notify/ndisc_notify the kernel sends a gratuitous ARP and an
-    // unsolicited NA for the addresses when the link comes up.
-    let mut sysctls = vec![(format!("net/ipv4/conf/{ifname}/arp_notify"), "1")];
+    // 3. Announcements, IPv6 (arp_notify was set with the rename): with ndisc_notify the kernel
+    // sends an unsolicited NA for the addresses when the link comes up. IPv6 has no netlink
+    // form of these keys, so they go through /proc/sys inside the pod's namespace.
     if has_v6 {
-        sysctls.push((format!("net/ipv6/conf/{ifname}/disable_ipv6"), "0"));
-        sysctls.push((format!("net/ipv6/conf/{ifname}/keep_addr_on_down"), "1"));
-        sysctls.push((format!("net/ipv6/conf/{ifname}/ndisc_notify"), "1"));
+        let ipv6 = [
+            (format!("net/ipv6/conf/{ifname}/disable_ipv6"), "0"),
+            (format!("net/ipv6/conf/{ifname}/keep_addr_on_down"), "1"),
+            (format!("net/ipv6/conf/{ifname}/ndisc_notify"), "1"),
+        ];
+        let pairs: Vec<(&str, &str)> = ipv6.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        sysctl::set_many(target, &pairs).map_err(|e| from_netdev("set announcement sysctls", &e))?;
     }
-    let pairs: Vec<(&str, &str)> = sysctls.iter().map(|(k, v)| (k.as_str(), *v)).collect();
-    sysctl::set_many(target, &pairs).map_err(|e| from_netdev("set announcement sysctls", &e))?;
     for ip in &ipam.ips {
         ctr.add_address(link.index, ip.address)
             .map_err(|e| from_netdev(&format!("add address {} to {ifname}", ip.address), &e))?;
