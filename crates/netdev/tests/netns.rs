@@ -181,7 +181,12 @@ fn rename_with_arp_notify_renames_and_sets_arp_notify_in_one_request() {
     t.h.rename_with_arp_notify(link.index, "brfinal").expect("rename");
     let renamed = t.h.link_by_index(link.index).unwrap().expect("still there");
     assert_eq!(renamed.name, "brfinal");
-    assert_eq!(sysctl::get(&t.ns, "net/ipv4/conf/brfinal/arp_notify").unwrap(), "1");
-    let e = t.h.rename_with_arp_notify(link.index, "bad/name").expect_err("bad name");
+    assert_eq!(
+        sysctl::get(&t.ns, "net/ipv4/conf/brfinal/arp_notify").unwrap(),
+        "1"
+    );
+    let e =
+        t.h.rename_with_arp_notify(link.index, "bad/name")
+            .expect_err("bad name");
     assert!(e.is_invalid_argument(), "{e}");
 }
