@@ -649,10 +649,10 @@ impl Handle {
     }
 
     /// Rename a link and turn on its IPv4 `arp_notify` in the same `RTM_SETLINK` (the value
-    /// travels as `IFLA_AF_SPEC` / `AF_INET` / `IFLA_INET_CONF`, as `ip link set ... ` would send
-    /// it): the kernel then sends a gratuitous ARP when the link comes up and when an address
-    /// changes, as `net/ipv4/conf/<if>/arp_notify=1` does, without a thread entering the link's
-    /// namespace to write `/proc/sys`. Call while the link is down, before it gets addresses.
+    /// travels as `IFLA_AF_SPEC` / `AF_INET` / `IFLA_INET_CONF`): the same setting as writing
+    /// `net/ipv4/conf/<if>/arp_notify=1` (a gratuitous ARP when the link comes up and when an
+    /// address changes), without a thread entering the link's namespace to write `/proc/sys`.
+    /// Call while the link is down (the kernel refuses to rename a link that is up).
     pub fn rename_with_arp_notify(&mut self, index: u32, new_name: &str) -> Result<()> {
         validate_ifname(new_name)?;
         let mut msg = Self::set_msg(index);
