@@ -9,7 +9,7 @@
 //! Network safety: every link lives in namespaces this program creates (`npb-<pid>-<n>`);
 //! addresses come only from 198.18.0.0/15; no pre-existing interface is touched. The apiserver
 //! listens on the host's loopback; plugins and daemons run inside the node namespace, so a small
-//! TCP relay (listening on 127.0.0.1:<apiserver port> *inside the node namespace*) carries their
+//! TCP relay (listening on `127.0.0.1:<apiserver port>` *inside the node namespace*) carries their
 //! API traffic to it. multus-daemon only knows in-cluster credentials (a fixed path under
 //! /var/run/secrets): it runs in a private mount namespace (slave propagation, so nothing
 //! propagates to the host) where a temp dir is bind-mounted over /var. Namespaces, the daemons,

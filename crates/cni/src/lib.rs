@@ -3,7 +3,7 @@
 //! This crate owns everything that is pure protocol: versions and their negotiation
 //! ([`version`]), error codes and the error result ([`error`]), network configuration
 //! ([`config`]), results and their conversion between layouts ([`result`]), the plugin
-//! environment and `CNI_ARGS` ([`env`], [`args`]), the plugin skeleton that turns
+//! environment and `CNI_ARGS` ([`mod@env`], [`args`]), the plugin skeleton that turns
 //! environment + stdin into a command and writes the answer ([`skel`]), and the runtime
 //! side that finds, executes and parses a plugin ([`exec`]).
 //!

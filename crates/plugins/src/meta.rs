@@ -4,7 +4,7 @@
 //! node daemon, or files in local mode: [`source`]), resolves the delegates with
 //! [`netattach_cluster::resolve`] — cluster network on `CNI_IFNAME`, then `defaultNetworks`,
 //! then the `k8s.v1.cni.cncf.io/networks` annotation — and runs each delegate itself with the
-//! CNI runtime protocol ([`runner`]).
+//! CNI runtime protocol (`runner`).
 //!
 //! - ADD waits for `readinessindicatorfile`, writes the durable attachment record *before* the
 //!   first delegate runs (and again after each result), runs the delegates in order, and on a
@@ -32,7 +32,7 @@
 //!   interfaces are unknown, so a lost record can never free a live address.
 //!
 //! `default-route` in the annotation is applied after each delegate as Multus does
-//! ([`default_route`]): the other interfaces lose their default routes of that family, the
+//! (`default_route`): the other interfaces lose their default routes of that family, the
 //! asking one gets a default route via the requested gateway, and the results say so.
 
 mod default_route;
