@@ -7,12 +7,12 @@
 //! CNI runtime protocol (`runner`).
 //!
 //! - ADD waits for `readinessindicatorfile`, writes the durable attachment record *before* the
-//!   first delegate runs (and again after each result), runs the delegates in order, and on a
-//!   failure tears down everything it added in reverse — the failing delegate included — and
-//!   names the network and interface that failed, keeping that delegate's CNI code. After all
-//!   succeed it publishes network-status (a failure there is torn down too: Longhorn silently
-//!   falls back to the pod IP when the status is missing) and returns the cluster network's
-//!   result.
+//!   first delegate runs, runs the delegates in order, and on a failure tears down everything
+//!   it added in reverse — the failing delegate included — and names the network and interface
+//!   that failed, keeping that delegate's CNI code. After all succeed it records their results
+//!   (once, durably) while it publishes network-status (a failure of either is torn down too:
+//!   Longhorn silently falls back to the pod IP when the status is missing) and returns the
+//!   cluster network's result.
 //! - DEL works from the record alone (the daemon and the API may be down), falls back to a
 //!   legacy Multus scratch cache, runs every delegate's DEL in reverse, continues past errors,
 //!   reports all of them, and removes the record only when everything succeeded.
