@@ -511,6 +511,29 @@ async fn a_node_waits_for_the_turn_of_a_node_that_waited_longer() {
     );
 }
 
+/// The pool is still at `rv` (nobody wrote while node 4 was ahead in line).
+async fn assert_unwritten_since(pool_api: &Api<IPPool>, pool_name: &str, rv: &Option<String>) {
+    assert_eq!(
+        &pool_api.get(pool_name).await.expect("pool").resource_version(),
+        rv,
+        "nobody wrote while node 4 was ahead"
+    );
+}
+
+/// The pool's mark names node 3's turn, then the node 5 turn its write served.
+fn assert_marks_node3_serving_node5(pool: &IPPool) {
+    let mark = pool
+        .annotations()
+        .get(turn::DONE_ANNOTATION)
+        .cloned()
+        .unwrap_or_default();
+    let marks: Vec<&str> = mark.split(',').collect();
+    assert!(
+        marks.len() == 2 && marks[0].starts_with("node-3 ") && marks[1].starts_with("node-5 "),
+        "the write names node 3's turn and the node 5 turn it served: {mark}"
+    );
+}
+
 /// Two engines (nodes 3 and 5) queue behind a node that waited longer. Each posts what its batch
 /// would add; node 5 keeps off the offset node 3 posted. When node 3's turn comes, its one write
 /// carries node 5's allocation too: node 5 answers from the watch without a write or a read, with
@@ -560,11 +583,7 @@ async fn the_write_in_turn_carries_what_the_nodes_behind_it_posted() {
         node5_posted.keys().all(|k| !node3_posted.contains_key(k)),
         "node 5 kept off the offset node 3 posted: {node3_posted:?} {node5_posted:?}"
     );
-    assert_eq!(
-        pool_api.get(&pool_name).await.expect("pool").resource_version(),
-        rv_first,
-        "nobody wrote while node 4 was ahead"
-    );
+    assert_unwritten_since(&pool_api, &pool_name, &rv_first).await;
 
     // Node 4 uses its turn and leaves.
     node4_uses_turn_and_leaves(&watches, (&lease_api, &pool_api), &pool_name, node4).await;
@@ -597,16 +616,7 @@ async fn the_write_in_turn_carries_what_the_nodes_behind_it_posted() {
         pool.spec.allocations.get(&offset).map(|a| a.podref.clone())
     };
     assert_eq!(holder_of(c2[0].ip).as_deref(), Some("batch/c2"));
-    let mark = pool
-        .annotations()
-        .get(turn::DONE_ANNOTATION)
-        .cloned()
-        .unwrap_or_default();
-    let marks: Vec<&str> = mark.split(',').collect();
-    assert!(
-        marks.len() == 2 && marks[0].starts_with("node-3 ") && marks[1].starts_with("node-5 "),
-        "the write names node 3's turn and the node 5 turn it served: {mark}"
-    );
+    assert_marks_node3_serving_node5(&pool);
     let orips = Api::<OverlappingRangeIPReservation>::namespaced(cluster.admin_client(), ns.name());
     let reservation = orips
         .get(&netattach_ippool::crd::orip_name(c2[0].ip, Some(network)))
@@ -686,11 +696,7 @@ async fn the_write_in_turn_carries_a_release_posted_behind_it() {
         "node 5 posted r0's entry for removal: {removing:?}"
     );
     assert!(watches.posted("node-5", turn::PENDING_ANNOTATION).is_none());
-    assert_eq!(
-        pool_api.get(&pool_name).await.expect("pool").resource_version(),
-        rv_first,
-        "nobody wrote while node 4 was ahead"
-    );
+    assert_unwritten_since(&pool_api, &pool_name, &rv_first).await;
 
     // Node 4 uses its turn and leaves.
     node4_uses_turn_and_leaves(&watches, (&lease_api, &pool_api), &pool_name, node4).await;
@@ -732,16 +738,7 @@ async fn the_write_in_turn_carries_a_release_posted_behind_it() {
         .collect();
     let r1_offset = range.offset_of(r1[0].ip).expect("offset").to_string();
     assert_eq!(held, vec![(r1_offset, "batch/r1".to_string())]);
-    let mark = pool
-        .annotations()
-        .get(turn::DONE_ANNOTATION)
-        .cloned()
-        .unwrap_or_default();
-    let marks: Vec<&str> = mark.split(',').collect();
-    assert!(
-        marks.len() == 2 && marks[0].starts_with("node-3 ") && marks[1].starts_with("node-5 "),
-        "the write names node 3's turn and the node 5 turn it served: {mark}"
-    );
+    assert_marks_node3_serving_node5(&pool);
     assert!(
         orips.get_opt(&r0_orip).await.expect("get").is_none(),
         "node 5 deleted the freed address's reservation"
