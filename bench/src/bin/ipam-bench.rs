@@ -1270,8 +1270,23 @@ fn run_system(env: &Env, sys: Sys, n: usize) -> Result<SysRun, Error> {
     );
 
     // Duplicates: an address returned to two pods, or held in the pool for another pod (or not
-    // at all) than the one it was returned to.
-    let st = pool_state(env.kubectl)?;
+    // at all) than the one it was returned to. netattach's daemon answers once an address's
+    // reservation is created and writes the pool entry just after: the pool is read once it
+    // holds an entry per successful ADD (or after 30 s), and how long after the last answer
+    // that was is reported.
+    let settling = Instant::now();
+    let mut st = pool_state(env.kubectl)?;
+    while st.allocations.len() < add.ok() && settling.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(50));
+        st = pool_state(env.kubectl)?;
+    }
+    let settled = settling.elapsed();
+    println!(
+        "    pool complete within {} after the last ADD answered ({} of {} entries)",
+        ms(settled),
+        st.allocations.len(),
+        add.ok()
+    );
     let in_pool: BTreeMap<Ipv4Addr, &str> = st
         .allocations
         .iter()

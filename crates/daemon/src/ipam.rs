@@ -10,6 +10,10 @@
 //! safe: a release matches (container id, interface), and an attachment that was re-added since
 //! carries a new container id, so an old release cannot free it.
 //!
+//! The engines claim addresses first (their reservation) and write the pool entries after. With
+//! each drain, the daemon also writes the entries of its node's claims that never landed
+//! because an earlier run of it was killed in between ([`IpamService::repair_claims`]).
+//!
 //! A watch cache of every IPPool feeds the per-pool gauges on `/metrics` (size, used, free,
 //! exhausted).
 
@@ -23,15 +27,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
+use kube::api::ListParams;
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::{Api, Client};
 use netattach_cluster::daemon_api::{IpamFailure, Response};
 use netattach_ipam::error::{ErrorKind, IpamError};
 use netattach_ipam::store::{AllocationRequest, Owner};
+use netattach_ippool::claim::{NODE_LABEL, node_label};
 use netattach_ippool::turn::{TURN_LABEL, Turns};
 use netattach_ippool::watch;
-use netattach_ippool::{BatchingIpam, IPPool, KubeIpam, RetryPolicy};
+use netattach_ippool::{BatchingIpam, IPPool, KubeIpam, OverlappingRangeIPReservation, RetryPolicy};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
@@ -143,6 +149,7 @@ impl IpamService {
                         .with_pool_view(self.pools.clone())
                         .with_turns(self.turns.clone()),
                 )
+                .claiming_first()
             })
             .clone()
     }
@@ -193,6 +200,41 @@ impl IpamService {
                 ),
             },
         }
+    }
+
+    /// Queue the pool entries of this node's claims that never landed (a daemon killed between
+    /// an address's reservation and its pool entry; [`BatchingIpam::repair_claims`]), once the
+    /// IPPool watch has listed (waiting up to [`DRAIN_INTERVAL`] for it). Returns how many.
+    pub async fn repair_claims(&self) -> usize {
+        if tokio::time::timeout(DRAIN_INTERVAL, self.pools.wait_until_ready())
+            .await
+            .is_err()
+        {
+            return 0;
+        }
+        let api: Api<OverlappingRangeIPReservation> = Api::all(self.client.clone());
+        let lp = ListParams::default()
+            .labels(&format!("{NODE_LABEL}={}", node_label(self.turns.node())))
+            .match_any();
+        let listed = match api.list(&lp).await {
+            Ok(l) => l.items,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot list this node's claims; tried again with the next drain");
+                return 0;
+            }
+        };
+        let mut by_namespace: HashMap<String, Vec<OverlappingRangeIPReservation>> = HashMap::new();
+        for orip in listed {
+            by_namespace
+                .entry(orip.metadata.namespace.clone().unwrap_or_default())
+                .or_default()
+                .push(orip);
+        }
+        let mut queued = 0;
+        for (namespace, claims) in by_namespace {
+            queued += self.engine(&namespace).repair_claims(claims).await;
+        }
+        queued
     }
 
     /// Write one queue entry durably.
@@ -395,6 +437,10 @@ pub async fn drain_forever(service: Arc<IpamService>) {
         let n = service.drain().await;
         if n > 0 {
             tracing::info!(completed = n, "release queue drained");
+        }
+        let n = service.repair_claims().await;
+        if n > 0 {
+            tracing::info!(queued = n, "pool entries of claims that never landed queued");
         }
     }
 }

@@ -27,6 +27,22 @@
 //! (carrying): a carried batch answers from the watch. A carried release answers with what it
 //! freed on the copy it posted from, as the newer copy no longer holds it.
 //!
+//! Claim first ([`BatchingIpam::claiming_first`], the node daemon's engine): a dynamic
+//! single-range allocation with overlapping-range reservations does not wait for the pool
+//! write. It picks an address free in the watched pool, not claimed by this node, not posted by
+//! another node for carrying, searching from a point of the range that is this node's own;
+//! creates that address's reservation ([`crate::claim`]; one that exists already means taken:
+//! the next candidate), and answers. The pool entry follows as a queued record, written with
+//! the next batch (carried, in turn, as any other). A record that cannot land (the offset is
+//! held in the pool by an attachment whose reservation create failed, as an upstream
+//! whereabouts ADD racing ours; the API server is away) is queued again until it lands or its
+//! attachment is released; the reservation keeps the address meanwhile. A release queues
+//! behind the records of its attachment, and deletes the reservations of those that never
+//! landed. Requests that already hold an address in the pool (a re-ADD), static requests,
+//! dual-stack requests, pools that do not exist yet, and pools without reservations
+//! (`enable_overlapping_ranges: false`, where upstream whereabouts would not see the claim)
+//! take the pool-first path above.
+//!
 //! A failure of one request (its pool is exhausted, its static address is held) fails that
 //! request only. A failure of the pool write (API down past the retry budget, permission) fails
 //! every request of the batch with that error, and nothing was written.
@@ -37,6 +53,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
+use kube::ResourceExt;
 use netattach_ipam::error::IpamError;
 use netattach_ipam::local::unix_now;
 use netattach_ipam::pool::{self, PoolDoc, Reservation};
@@ -44,7 +61,10 @@ use netattach_ipam::range::pool_name;
 use netattach_ipam::store::{Allocation, AllocationRequest, Owner};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::crd::{IPPool, allocation_of, doc_from_pool, orip_name, pool_origin};
+use crate::claim::{ADDRESS_ANNOTATION, POOL_ANNOTATION};
+use crate::crd::{
+    IPPool, OverlappingRangeIPReservation, allocation_of, doc_from_pool, orip_name, pool_origin,
+};
 use crate::store::{KubeIpam, OripClaim, RangeOutcome, Stats, per_range};
 use crate::turn::{Changes, Claim, Posted, RENEW_EVERY, Turns, Waiter};
 use k8s_openapi::jiff::Timestamp;
@@ -105,6 +125,10 @@ pub struct BatchingIpam {
     ipam: KubeIpam,
     workers: Arc<Mutex<HashMap<String, mpsc::UnboundedSender<Job>>>>,
     stats: Arc<BatchStats>,
+    /// Whether dynamic single-range allocations with overlapping-range reservations are
+    /// claim-first ([`BatchingIpam::claiming_first`]).
+    claim_first: bool,
+    claims: Arc<Mutex<Claims>>,
 }
 
 impl std::fmt::Debug for BatchingIpam {
@@ -128,6 +152,42 @@ enum Job {
         owner: Owner,
         reply: oneshot::Sender<Result<Vec<Allocation>, IpamError>>,
     },
+    /// Enter an address its reservation already claims (claim-first) in the pool.
+    Record {
+        claim: Box<Claimed>,
+        reply: oneshot::Sender<Result<RangeOutcome, IpamError>>,
+    },
+}
+
+/// An address claimed by its overlapping-range reservation, and answered, before its pool entry
+/// was written.
+#[derive(Debug, Clone)]
+struct Claimed {
+    owner: Owner,
+    cidr: ipnet::IpNet,
+    network: Option<String>,
+    outcome: RangeOutcome,
+    /// Its entry was written; kept among the pending until the pool watch shows it, so that no
+    /// check made on the watch in between misses it.
+    landed: bool,
+}
+
+/// The claim-first state of an engine.
+#[derive(Debug, Default)]
+struct Claims {
+    /// Claimed addresses whose pool entry the watch does not show yet, by pool and offset.
+    pending: HashMap<String, BTreeMap<u128, Claimed>>,
+    /// Offsets whose reservation was found to exist already, by pool, with when: kept off until
+    /// the pool view shows them or [`TAKEN_FOR`] passed.
+    taken: HashMap<String, HashMap<u128, tokio::time::Instant>>,
+    /// The last pool version a candidate was picked on, parsed.
+    views: HashMap<String, (Option<String>, PoolDoc)>,
+    /// Candidates whose reservation create is in flight, by pool: kept off the other
+    /// candidates of this node meanwhile.
+    trying: HashMap<String, BTreeSet<u128>>,
+    /// The claims the last [`BatchingIpam::repair_claims`] found without their entry, by
+    /// reservation name, with the uid and resourceVersion it saw.
+    unlanded: HashMap<String, (Option<String>, Option<String>)>,
 }
 
 /// What one job came to in one attempt of a batch.
@@ -152,7 +212,26 @@ impl BatchingIpam {
             ipam,
             workers: Arc::default(),
             stats: Arc::default(),
+            claim_first: false,
+            claims: Arc::default(),
         }
+    }
+
+    /// Claim first: a dynamic single-range allocation with overlapping-range reservations
+    /// (`enable_overlapping_ranges`, whereabouts' default) creates the reservation of a
+    /// candidate free in the watched pool and answers once that create succeeded; the pool entry
+    /// is written after, batched as any other ([`crate::claim`] for the reservation's marks).
+    /// Needs the store's pool view (without one, or before the pool exists, it is pool-first).
+    /// The node daemon's engine.
+    pub fn claiming_first(mut self) -> BatchingIpam {
+        self.claim_first = true;
+        self
+    }
+
+    fn lock_claims(&self) -> std::sync::MutexGuard<'_, Claims> {
+        self.claims
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The store underneath (for the operations that are not batched: listing, CHECK, GC).
@@ -187,7 +266,9 @@ impl BatchingIpam {
             Err(mpsc::error::SendError(job)) => {
                 // The worker is gone (its runtime is shutting down): answer right away.
                 match job {
-                    Job::Allocate { reply, .. } => drop(reply.send(Err(stopped()))),
+                    Job::Allocate { reply, .. } | Job::Record { reply, .. } => {
+                        drop(reply.send(Err(stopped())))
+                    }
                     Job::Release { reply, .. } => drop(reply.send(Err(stopped()))),
                 }
                 workers.remove(pool);
@@ -199,9 +280,16 @@ impl BatchingIpam {
     /// all or nothing across ranges, as [`KubeIpam::allocate`].
     pub async fn allocate(&self, req: &AllocationRequest) -> Result<Vec<Allocation>, IpamError> {
         let mut done: Vec<RangeOutcome> = Vec::with_capacity(req.ranges.len());
+        // Claim-first only for one range: a later range's failure rolls the earlier ones back
+        // with pool writes, which an entry still on its way could outrun.
+        let single = req.ranges.len() == 1;
         for sub in per_range(req)? {
             let Some(range) = sub.ranges.first() else { continue };
             let name = pool_name(sub.network_name.as_deref(), &range.cidr);
+            if single && let Some(o) = self.claim_first(&name, &sub).await? {
+                tracing::info!(pool = %o.alloc.pool, ip = %o.alloc.ip, owner = %req.owner, "claimed");
+                return Ok(vec![o.alloc]);
+            }
             let (reply, answer) = oneshot::channel();
             self.submit(&name, Job::Allocate { req: sub, reply });
             match answer.await.unwrap_or_else(|_| Err(stopped())) {
@@ -223,20 +311,45 @@ impl BatchingIpam {
     /// Release what `owner` holds in `pools` (whereabouts DEL over the configuration's pools).
     /// Every pool is tried; the first error is returned after all of them ran.
     pub async fn release(&self, owner: &Owner, pools: &[String]) -> Result<Vec<Allocation>, IpamError> {
-        let answers: Vec<_> = pools
-            .iter()
-            .map(|pool| {
-                let (reply, answer) = oneshot::channel();
-                self.submit(
-                    pool,
-                    Job::Release {
-                        owner: owner.clone(),
-                        reply,
-                    },
-                );
-                answer
-            })
-            .collect();
+        // The attachment's claims whose pool entry has not landed stop landing, and the release
+        // queues behind any entry already on its way (both under the claims' lock, which a
+        // landing retry takes to queue again): a release never runs before an entry it must
+        // remove.
+        let (answers, unlanded) = {
+            let mut claims = self.lock_claims();
+            let mut unlanded: Vec<Claimed> = Vec::new();
+            for pool in pools {
+                if let Some(pending) = claims.pending.get_mut(pool) {
+                    let mine: Vec<u128> = pending
+                        .iter()
+                        .filter(|(_, c)| {
+                            owner.releases(
+                                &c.owner.container_id,
+                                c.owner.podref.as_deref().unwrap_or(""),
+                                &c.owner.ifname,
+                            )
+                        })
+                        .map(|(o, _)| *o)
+                        .collect();
+                    unlanded.extend(mine.iter().filter_map(|o| pending.remove(o)));
+                }
+            }
+            let answers: Vec<_> = pools
+                .iter()
+                .map(|pool| {
+                    let (reply, answer) = oneshot::channel();
+                    self.submit(
+                        pool,
+                        Job::Release {
+                            owner: owner.clone(),
+                            reply,
+                        },
+                    );
+                    answer
+                })
+                .collect();
+            (answers, unlanded)
+        };
         let mut freed = Vec::new();
         let mut first_error = None;
         for answer in answers {
@@ -245,6 +358,22 @@ impl BatchingIpam {
                 Err(e) => {
                     first_error.get_or_insert(e);
                 }
+            }
+        }
+        if first_error.is_none() && self.claim_first {
+            // Claims whose entry never made it into the pool: their reservation goes here.
+            for c in unlanded {
+                if !freed.iter().any(|a| a.ip == c.outcome.alloc.ip) {
+                    self.ipam
+                        .delete_orip_of(c.outcome.alloc.ip, c.network.as_deref(), &c.owner)
+                        .await;
+                    freed.push(c.outcome.alloc);
+                }
+            }
+            // Nothing in the pools: a claim of a daemon killed before its entry landed may be
+            // all there is.
+            if freed.is_empty() {
+                self.ipam.release_claims_of(owner).await;
             }
         }
         match first_error {
@@ -256,6 +385,438 @@ impl BatchingIpam {
                 Ok(freed)
             }
         }
+    }
+}
+
+impl BatchingIpam {
+    /// Claim-first allocation of `req` (one range) in pool `name`: `Ok(None)` when this request
+    /// takes the pool-first path instead (see [`BatchingIpam::claiming_first`]; also when the
+    /// attachment already holds, or is getting, an address here: the queue answers that one).
+    async fn claim_first(
+        &self,
+        name: &str,
+        req: &AllocationRequest,
+    ) -> Result<Option<RangeOutcome>, IpamError> {
+        if !self.claim_first || !req.overlapping_ranges || !req.requested.is_empty() {
+            return Ok(None);
+        }
+        let Some(range) = req.ranges.first() else {
+            return Ok(None);
+        };
+        let Some(pool) = self.ipam.watched(name) else {
+            return Ok(None);
+        };
+        // Other nodes' addresses on their way into the pool, as they posted them for carrying.
+        let posted: BTreeSet<u128> = self
+            .ipam
+            .turns()
+            .map(|t| t.posted_by_others(self.ipam.namespace(), name))
+            .unwrap_or_default()
+            .iter()
+            .flat_map(|p| p.changes.adds.keys().filter_map(|k| k.parse::<u128>().ok()))
+            .collect();
+        // Each node starts its search at its own point of the range, so that nodes rarely
+        // reach for the same address.
+        let seed = self
+            .ipam
+            .turns()
+            .map_or(0, |t| crate::turn::stable_hash(t.node()));
+        let deadline = tokio::time::Instant::now() + self.ipam.retry.budget;
+        for _ in 0..CLAIM_TRIES {
+            let picked = {
+                let mut claims = self.lock_claims();
+                let Claims {
+                    pending,
+                    taken,
+                    views,
+                    trying,
+                    ..
+                } = &mut *claims;
+                let view = views
+                    .entry(name.to_string())
+                    .or_insert((None, PoolDoc::new(range.cidr, None)));
+                if view.0 != pool.metadata.resource_version || view.0.is_none() {
+                    match doc_from_pool(self.ipam.namespace(), name, &pool.spec) {
+                        Ok(doc) => *view = (pool.metadata.resource_version.clone(), doc),
+                        // The pool-first path reports what is wrong with it.
+                        Err(_) => return Ok(None),
+                    }
+                }
+                let doc = &mut view.1;
+                let pending = pending.entry(name.to_string()).or_default();
+                pending.retain(|o, c| !(c.landed && doc.allocations.get(o) == Some(&c.outcome.reservation)));
+                let held = |r: &Reservation| req.owner.is_attachment_of(&r.id, &r.podref, &r.ifname);
+                if doc.allocations.values().any(held)
+                    || pending.values().any(|c| held(&c.outcome.reservation))
+                {
+                    return Ok(None);
+                }
+                let taken = taken.entry(name.to_string()).or_default();
+                taken.retain(|o, at| at.elapsed() < TAKEN_FOR && !doc.allocations.contains_key(o));
+                let trying = trying.entry(name.to_string()).or_default();
+                let avoid: BTreeSet<u128> = pending
+                    .keys()
+                    .chain(taken.keys())
+                    .chain(trying.iter())
+                    .chain(posted.iter())
+                    .copied()
+                    .collect();
+                let picked = pick(name, doc, req, &avoid, seed);
+                if let Some(o) = &picked {
+                    trying.insert(o.offset);
+                }
+                picked
+            };
+            // Short of addresses in this view: the pool-first path decides (and says so).
+            let Some(outcome) = picked else {
+                return Ok(None);
+            };
+            let ip = outcome.alloc.ip;
+            let created = self
+                .ipam
+                .create_claim(name, ip, req.network_name.as_deref(), &req.owner, deadline)
+                .await;
+            let done_trying = |claims: &mut Claims| {
+                if let Some(t) = claims.trying.get_mut(name) {
+                    t.remove(&outcome.offset);
+                }
+            };
+            let created = match created {
+                Ok(c) => c,
+                Err(e) => {
+                    done_trying(&mut self.lock_claims());
+                    return Err(e);
+                }
+            };
+            if created {
+                let claim = Claimed {
+                    owner: req.owner.clone(),
+                    cidr: range.cidr,
+                    network: req.network_name.clone(),
+                    outcome: outcome.clone(),
+                    landed: false,
+                };
+                let recorded = self.record(name, claim);
+                done_trying(&mut self.lock_claims());
+                if recorded {
+                    return Ok(Some(outcome));
+                }
+                // A claim of the same attachment was recorded meanwhile (the repair of one
+                // whose ADD went unanswered): this one goes, and the queue answers with that.
+                self.ipam
+                    .delete_orip_of(ip, req.network_name.as_deref(), &req.owner)
+                    .await;
+                return Ok(None);
+            }
+            let mut claims = self.lock_claims();
+            done_trying(&mut claims);
+            claims
+                .taken
+                .entry(name.to_string())
+                .or_default()
+                .insert(outcome.offset, tokio::time::Instant::now());
+        }
+        Ok(None)
+    }
+
+    /// Write the entries of this node's claims that never landed: `claims` are the reservations
+    /// labelled with this node ([`crate::claim::NODE_LABEL`]), listed by the caller
+    /// periodically (the daemon: every 15 s). A claim is acted on only when the call before found it without its entry
+    /// too, unchanged (same uid and resourceVersion): a release removes the entry before it
+    /// deletes the reservation, and one seen in between must not be written back. A claim
+    /// whose attachment holds, or is getting, another address in its pool was superseded (its
+    /// ADD went unanswered when the daemon was killed, and the runtime's retry got that other
+    /// address): its reservation is deleted. A claim marked for deletion, or whose pool is not
+    /// in the watch yet, is left alone. Returns how many entries were queued.
+    pub async fn repair_claims(&self, claims: Vec<OverlappingRangeIPReservation>) -> usize {
+        let mut queued = 0;
+        let mut docs: HashMap<String, Option<PoolDoc>> = HashMap::new();
+        let seen_before = std::mem::take(&mut self.lock_claims().unlanded);
+        let mut seen_now: HashMap<String, (Option<String>, Option<String>)> = HashMap::new();
+        for orip in claims {
+            if orip.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            let annotations = orip.annotations();
+            let (Some(pool_name), Some(ip)) = (
+                annotations.get(POOL_ANNOTATION).cloned(),
+                annotations
+                    .get(ADDRESS_ANNOTATION)
+                    .and_then(|a| a.parse::<IpAddr>().ok()),
+            ) else {
+                continue;
+            };
+            let Some(doc) = docs
+                .entry(pool_name.clone())
+                .or_insert_with(|| {
+                    self.ipam
+                        .watched(&pool_name)
+                        .and_then(|p| doc_from_pool(self.ipam.namespace(), &pool_name, &p.spec).ok())
+                })
+                .as_ref()
+            else {
+                continue;
+            };
+            let s = &orip.spec;
+            let owner = Owner::new(
+                s.containerid.clone(),
+                Some(s.podref.clone()).filter(|p| !p.is_empty()),
+                s.ifname.clone(),
+            );
+            let Some(offset) = offset_in(doc, ip) else {
+                continue;
+            };
+            let same =
+                |r: &Reservation| r.id == s.containerid && r.podref == s.podref && r.ifname == s.ifname;
+            if doc.allocations.get(&offset).is_some_and(same) {
+                continue;
+            }
+            let name = orip.name_any();
+            let version = (orip.metadata.uid.clone(), orip.metadata.resource_version.clone());
+            if seen_before.get(&name) != Some(&version) {
+                seen_now.insert(name, version);
+                continue;
+            }
+            let held = |r: &Reservation| owner.is_attachment_of(&r.id, &r.podref, &r.ifname);
+            let pending_other = {
+                let claims = self.lock_claims();
+                let pending = claims.pending.get(&pool_name);
+                if pending.is_some_and(|p| p.contains_key(&offset)) {
+                    continue;
+                }
+                pending.is_some_and(|p| p.values().any(|c| held(&c.outcome.reservation)))
+            };
+            if pending_other || doc.allocations.values().any(held) {
+                self.delete_superseded(&orip).await;
+                continue;
+            }
+            self.ipam.remember_claim(&orip);
+            let reservation = Reservation {
+                id: s.containerid.clone(),
+                podref: s.podref.clone(),
+                ifname: s.ifname.clone(),
+                time: None,
+            };
+            let alloc = Allocation {
+                ip,
+                cidr: ipnet::IpNet::new(ip, doc.range.prefix_len()).unwrap_or(doc.range),
+                gateway: None,
+                pool: pool_name.clone(),
+                container_id: s.containerid.clone(),
+                podref: owner.podref.clone(),
+                ifname: s.ifname.clone(),
+                allocated_at: 0,
+            };
+            let claim = Claimed {
+                owner: owner.clone(),
+                cidr: doc.range,
+                network: doc.network_name.clone(),
+                outcome: RangeOutcome {
+                    alloc,
+                    new: true,
+                    offset,
+                    reservation,
+                    orip_created: true,
+                },
+                landed: false,
+            };
+            if self.record(&pool_name, claim) {
+                tracing::info!(pool = %pool_name, %ip, %owner, "writing the pool entry of a claim that never landed");
+                queued += 1;
+            } else {
+                self.delete_superseded(&orip).await;
+            }
+        }
+        self.lock_claims().unlanded = seen_now;
+        queued
+    }
+
+    /// Delete a claim whose attachment holds, or is getting, another address in its pool.
+    async fn delete_superseded(&self, orip: &OverlappingRangeIPReservation) {
+        let name = orip.name_any();
+        let pre = kube::api::Preconditions {
+            uid: orip.metadata.uid.clone(),
+            resource_version: orip.metadata.resource_version.clone(),
+        };
+        match self.ipam.delete_reservation(&name, pre).await {
+            Ok(_) => {
+                tracing::info!(orip = %name, holder = %orip.spec.podref, "deleted a claim its attachment no longer uses")
+            }
+            Err(e) => tracing::warn!(orip = %name, error = %e, "cannot delete a superseded claim"),
+        }
+    }
+
+    /// Queue the pool entry of a claimed address, and keep queueing it until it lands or the
+    /// attachment is released. `false` (nothing queued) when another claim of the same
+    /// attachment in this pool is pending: an attachment gets one address per range.
+    fn record(&self, name: &str, claim: Claimed) -> bool {
+        let answer = {
+            let mut claims = self.lock_claims();
+            let pending = claims.pending.entry(name.to_string()).or_default();
+            let owner = &claim.owner;
+            if pending.iter().any(|(o, c)| {
+                *o != claim.outcome.offset
+                    && owner.is_attachment_of(
+                        &c.outcome.reservation.id,
+                        &c.outcome.reservation.podref,
+                        &c.outcome.reservation.ifname,
+                    )
+            }) {
+                return false;
+            }
+            pending.insert(claim.outcome.offset, claim.clone());
+            let (reply, answer) = oneshot::channel();
+            self.submit(
+                name,
+                Job::Record {
+                    claim: Box::new(claim.clone()),
+                    reply,
+                },
+            );
+            answer
+        };
+        let engine = self.clone();
+        let name = name.to_string();
+        tokio::spawn(async move { engine.land(name, claim, answer).await });
+        true
+    }
+
+    async fn land(
+        self,
+        name: String,
+        claim: Claimed,
+        mut answer: oneshot::Receiver<Result<RangeOutcome, IpamError>>,
+    ) {
+        let offset = claim.outcome.offset;
+        let ip = claim.outcome.alloc.ip;
+        let mut attempt: u32 = 0;
+        loop {
+            let failure = match answer.await {
+                Ok(Ok(_)) => None,
+                Ok(Err(e)) => Some(e),
+                // The engine stopped.
+                Err(_) => return,
+            };
+            let still_pending = |claims: &Claims| {
+                claims
+                    .pending
+                    .get(&name)
+                    .and_then(|p| p.get(&offset))
+                    .is_some_and(|c| c.outcome.reservation == claim.outcome.reservation)
+            };
+            let Some(e) = failure else {
+                let mut claims = self.lock_claims();
+                if still_pending(&claims)
+                    && let Some(c) = claims.pending.get_mut(&name).and_then(|p| p.get_mut(&offset))
+                {
+                    c.landed = true;
+                }
+                return;
+            };
+            attempt += 1;
+            tracing::warn!(pool = %name, %ip, owner = %claim.owner, attempt, error = %e,
+                "a claimed address is not in its pool yet; its reservation keeps it, and the entry is tried again");
+            tokio::time::sleep(LANDING_RETRY.saturating_mul(attempt.min(60))).await;
+            let claims = self.lock_claims();
+            if !still_pending(&claims) {
+                return;
+            }
+            let (reply, next) = oneshot::channel();
+            self.submit(
+                &name,
+                Job::Record {
+                    claim: Box::new(claim.clone()),
+                    reply,
+                },
+            );
+            answer = next;
+        }
+    }
+}
+
+/// How many candidates a claim-first allocation tries before it leaves the request to the
+/// pool-first path.
+const CLAIM_TRIES: usize = 8;
+
+/// How long an offset whose reservation was found to exist is kept off claim-first candidates
+/// while the pool view does not show it.
+const TAKEN_FOR: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The wait before queueing a claimed address's pool entry again, times the attempt (up to 60).
+const LANDING_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// A claim-first candidate in `doc`: the address the pure allocator picks for `req` with
+/// `avoid` taken, searching from `seed`'s point of the range (from its start when that finds
+/// none). `None`: no free address.
+fn pick(
+    name: &str,
+    doc: &mut PoolDoc,
+    req: &AllocationRequest,
+    avoid: &BTreeSet<u128>,
+    seed: u64,
+) -> Option<RangeOutcome> {
+    let placeholders: Vec<u128> = avoid
+        .iter()
+        .copied()
+        .filter(|o| !doc.allocations.contains_key(o))
+        .collect();
+    for o in &placeholders {
+        doc.allocations.insert(*o, placeholder());
+    }
+    let mut docs = BTreeMap::from([(
+        name.to_string(),
+        std::mem::replace(doc, PoolDoc::new(doc.range, None)),
+    )]);
+    let mut pure = req.clone();
+    pure.overlapping_ranges = false;
+    let mut picked = None;
+    for from in [Some(seed), None] {
+        let mut attempt = pure.clone();
+        if let (Some(seed), Some(range)) = (from, attempt.ranges.first_mut()) {
+            search_from(range, seed);
+        }
+        if let Ok((allocs, _)) = pool::allocate_in(&mut docs, &attempt, unix_now()) {
+            picked = allocs.into_iter().next();
+            break;
+        }
+    }
+    let mut back = docs.remove(name).unwrap_or_else(|| PoolDoc::new(doc.range, None));
+    let outcome = picked.and_then(|alloc| {
+        let offset = req.ranges.first()?.offset_of(alloc.ip)?;
+        let reservation = back.allocations.remove(&offset)?;
+        Some(RangeOutcome {
+            alloc,
+            new: true,
+            offset,
+            reservation,
+            orip_created: true,
+        })
+    });
+    for o in &placeholders {
+        back.allocations.remove(o);
+    }
+    *doc = back;
+    outcome
+}
+
+/// The offset of `ip` in `doc`'s range.
+fn offset_in(doc: &PoolDoc, ip: IpAddr) -> Option<u128> {
+    use netattach_ipam::range::ip_to_u128;
+    doc.range
+        .contains(&ip)
+        .then(|| ip_to_u128(ip).checked_sub(ip_to_u128(doc.range.network())))
+        .flatten()
+}
+
+/// Move `range`'s start to `seed`'s point of it (taken modulo its size).
+fn search_from(range: &mut netattach_ipam::range::IpRange, seed: u64) {
+    let (start, end) = range.bounds();
+    if let Some(from) = end
+        .checked_sub(start)
+        .and_then(|span| span.checked_add(1))
+        .and_then(|len| range.ip_at(start + u128::from(seed) % len))
+    {
+        range.start = from;
     }
 }
 
@@ -310,11 +871,17 @@ fn answer(jobs: Vec<Job>, result: BatchResult) {
     let outcomes = result.into_outcomes(jobs.len());
     for (job, outcome) in jobs.into_iter().zip(outcomes) {
         match (job, outcome) {
-            (Job::Allocate { reply, .. }, Outcome::Allocated(o)) => drop(reply.send(Ok(o))),
+            (Job::Allocate { reply, .. } | Job::Record { reply, .. }, Outcome::Allocated(o)) => {
+                drop(reply.send(Ok(o)))
+            }
             (Job::Release { reply, .. }, Outcome::Released(a)) => drop(reply.send(Ok(a))),
-            (Job::Allocate { reply, .. }, Outcome::Failed(e)) => drop(reply.send(Err(e))),
+            (Job::Allocate { reply, .. } | Job::Record { reply, .. }, Outcome::Failed(e)) => {
+                drop(reply.send(Err(e)))
+            }
             (Job::Release { reply, .. }, Outcome::Failed(e)) => drop(reply.send(Err(e))),
-            (Job::Allocate { reply, .. }, Outcome::Released(_)) => drop(reply.send(Err(mismatch()))),
+            (Job::Allocate { reply, .. } | Job::Record { reply, .. }, Outcome::Released(_)) => {
+                drop(reply.send(Err(mismatch())))
+            }
             (Job::Release { reply, .. }, Outcome::Allocated(_)) => drop(reply.send(Err(mismatch()))),
         }
     }
@@ -331,6 +898,7 @@ fn mismatch() -> IpamError {
 enum JobRequest<'a> {
     Allocate(&'a AllocationRequest),
     Release(&'a Owner),
+    Record(&'a Claimed),
 }
 
 impl<'a> JobRequest<'a> {
@@ -338,6 +906,7 @@ impl<'a> JobRequest<'a> {
         match job {
             Job::Allocate { req, .. } => JobRequest::Allocate(req),
             Job::Release { owner, .. } => JobRequest::Release(owner),
+            Job::Record { claim, .. } => JobRequest::Record(claim),
         }
     }
 }
@@ -454,6 +1023,31 @@ fn compute(
                 }
                 Outcome::Released(freed)
             }
+            JobRequest::Record(claim) => {
+                let (offset, want) = (claim.outcome.offset, &claim.outcome.reservation);
+                match docs.get_mut(name) {
+                    Some(doc) => match doc.allocations.get(&offset) {
+                        None => {
+                            doc.allocations.insert(offset, want.clone());
+                            dirty = true;
+                            Outcome::Allocated(claim.outcome.clone())
+                        }
+                        Some(r) if r.id == want.id && r.podref == want.podref && r.ifname == want.ifname => {
+                            Outcome::Allocated(claim.outcome.clone())
+                        }
+                        Some(r) => Outcome::Failed(IpamError::RequestedUnavailable {
+                            ip: claim.outcome.alloc.ip,
+                            pool: name.to_string(),
+                            holder: if r.ifname.starts_with('\0') {
+                                "an attachment on its way into the pool".to_string()
+                            } else {
+                                format!("pod {} interface {} (pool entry)", r.podref, r.ifname)
+                            },
+                        }),
+                    },
+                    None => Outcome::Failed(mismatch()),
+                }
+            }
             JobRequest::Allocate(req) => {
                 // Whether the attachment held an address here before this batch: decided on the
                 // first document the batch sees that it did not write itself.
@@ -471,14 +1065,7 @@ fn compute(
                     && pure.requested.is_empty()
                     && let Some(range) = pure.ranges.first_mut()
                 {
-                    let (start, end) = range.bounds();
-                    if let Some(from) = end
-                        .checked_sub(start)
-                        .and_then(|span| span.checked_add(1))
-                        .and_then(|len| range.ip_at(start + u128::from(seed) % len))
-                    {
-                        range.start = from;
-                    }
+                    search_from(range, seed);
                 }
                 match pool::allocate_in(&mut docs, &pure, now) {
                     Ok((allocs, changed)) => {
@@ -992,6 +1579,7 @@ async fn settle(
                 .ranges
                 .first()
                 .map(|range| (range.cidr, req.network_name.clone())),
+            JobRequest::Record(c) => Some((c.cidr, c.network.clone())),
             JobRequest::Release(_) => None,
         });
         if network.is_none() {

@@ -15,9 +15,10 @@
 //! not the reservation (the API server went away in between; upstream whereabouts leaves them
 //! the same way), or when a claim's create was applied with no answer and its cleanup could not
 //! run. Such a reservation keeps its address from every overlapping range for good. The
-//! reservations are listed before the pools: every allocator (this store, upstream whereabouts)
-//! writes the pool entry before it creates the reservation, so one in the first list whose
-//! entry is missing from the second lost that entry before the pools were read. It is deleted
+//! reservations are listed before the pools, so one in the first list whose entry is missing
+//! from the second either lost its entry before the pools were read, or is a claim whose entry
+//! is still on its way (the node daemon's claim-first allocation, [`crate::claim`]): the
+//! collector deletes one only once its pod is gone. It is deleted
 //! ([`KubeIpam::delete_orphan`]) only with the uid and resourceVersion that were listed as
 //! preconditions: a holder that adopted it since (a re-ADD rewrites it) keeps it.
 
@@ -25,7 +26,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
 
-use kube::api::{DeleteParams, ListParams, Preconditions};
+use kube::api::{ListParams, Preconditions};
 use netattach_ipam::error::IpamError;
 
 use netattach_ipam::pool::PoolDoc;
@@ -172,16 +173,12 @@ impl KubeIpam {
     ///
     /// When the API server refuses or does not answer.
     pub async fn delete_orphan(&self, orphan: &OrphanReservation) -> Result<bool, IpamError> {
-        let dp = DeleteParams {
-            preconditions: Some(Preconditions {
-                uid: orphan.uid.clone(),
-                resource_version: orphan.resource_version.clone(),
-            }),
-            ..DeleteParams::default()
+        let pre = Preconditions {
+            uid: orphan.uid.clone(),
+            resource_version: orphan.resource_version.clone(),
         };
-        match self.orips().delete(&orphan.name, &dp).await {
-            Ok(_) => Ok(true),
-            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(false),
+        match self.delete_reservation(&orphan.name, pre).await {
+            Ok(deleted) => Ok(deleted),
             Err(e) => match classify(e, &format!("deleting {orphan}"), self.namespace()) {
                 ApiFailure::Transient(e) | ApiFailure::Fatal(e) => Err(e),
                 ApiFailure::Conflict => Ok(false),

@@ -7,7 +7,9 @@
 //!   [`netattach_ipam::Store`] for the plugin binary): optimistic, resourceVersion-checked
 //!   writes with jittered backoff, no lease.
 //! * [`batch`]: [`BatchingIpam`], the node daemon's engine: a node's concurrent requests for
-//!   one pool folded into one write.
+//!   one pool folded into one write; with overlapping ranges, an address claimed by its
+//!   reservation first and entered in the pool after.
+//! * [`claim`]: the reservations that claim an address ahead of its pool entry.
 //! * [`gc`]: what the daemon's cluster-wide garbage collector needs: held addresses, and a
 //!   free that only removes a reservation still exactly as observed.
 //! * [`retry`]: the backoff policy.
@@ -20,6 +22,7 @@
 
 pub mod admin;
 pub mod batch;
+pub mod claim;
 pub mod crd;
 pub mod gc;
 pub mod retry;

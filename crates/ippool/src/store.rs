@@ -23,7 +23,10 @@
 //!   again and the request gets another one (a static request fails naming the holder). On
 //!   release, a reservation is deleted only when it names the released attachment, with uid and
 //!   resourceVersion preconditions: those of this store's own create when it made it (no read;
-//!   the daemon's case), else those of a read.
+//!   the daemon's case), else those of a read. The node daemon's engine creates the reservation
+//!   *first* for most allocations and writes the pool entry after ([`crate::batch`],
+//!   [`crate::claim`]): deleting one of those also removes its finalizer, and a release that
+//!   finds no pool entry looks for such a reservation by its attachment label.
 //!
 //! Objects live in the namespace of the kubeconfig's current context, `kube-system` when that
 //! names none (as whereabouts). [`KubeIpam`] is the async API (the node daemon's); [`KubeStore`]
@@ -38,7 +41,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use k8s_openapi::api::coordination::v1::Lease;
-use kube::api::{DeleteParams, GetParams, ListParams, PostParams, Preconditions};
+use kube::api::{GetParams, ListParams, PostParams, Preconditions};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::reflector::{ObjectRef, Store as WatchStore};
 use kube::{Api, Client, Config, ResourceExt};
@@ -179,7 +182,12 @@ const CLAIMED_MAX: usize = 8192;
 /// and interface (not also the same container: a pod re-added by a peer that does not adopt
 /// reservations, upstream whereabouts, leaves the old container's id in it, and its release
 /// must still free it), or without a podref the same container and interface.
-fn names_attachment(s: &OverlappingRangeIPReservationSpec, id: &str, podref: &str, ifname: &str) -> bool {
+pub(crate) fn names_attachment(
+    s: &OverlappingRangeIPReservationSpec,
+    id: &str,
+    podref: &str,
+    ifname: &str,
+) -> bool {
     (!podref.is_empty() && s.podref == podref && (s.ifname.is_empty() || s.ifname == ifname))
         || (podref.is_empty() && !id.is_empty() && s.containerid == id && s.ifname == ifname)
 }
@@ -417,6 +425,7 @@ pub(crate) fn per_range(req: &AllocationRequest) -> Result<Vec<AllocationRequest
 }
 
 /// The state of one range's allocation while it is being retried.
+#[derive(Debug, Clone)]
 pub(crate) struct RangeOutcome {
     pub(crate) alloc: Allocation,
     /// The attachment did not hold this address before (roll it back if a later range fails).
@@ -452,7 +461,7 @@ impl KubeIpam {
         }
     }
 
-    fn remember_claim(&self, orip: &OverlappingRangeIPReservation) {
+    pub(crate) fn remember_claim(&self, orip: &OverlappingRangeIPReservation) {
         let Some(name) = orip.metadata.name.clone() else {
             return;
         };
@@ -909,21 +918,17 @@ impl KubeIpam {
         if let Some(known) = self.forget_claim(&name)
             && names_attachment(&known.spec, id, podref, ifname)
         {
-            let dp = DeleteParams {
-                preconditions: Some(Preconditions {
-                    resource_version: known.resource_version,
-                    uid: known.uid,
-                }),
-                ..DeleteParams::default()
+            let pre = Preconditions {
+                resource_version: known.resource_version,
+                uid: known.uid,
             };
-            match self.orips().delete(&name, &dp).await {
-                Ok(_) => {
+            match self.delete_reservation(&name, pre).await {
+                Ok(true) => {
                     tracing::debug!(orip = %name, holder = %known.spec.podref, "overlapping-range reservation deleted");
                     return;
                 }
-                Err(kube::Error::Api(s)) if s.code == 404 => return,
-                // Changed since this store wrote it: judge what it is now.
-                Err(kube::Error::Api(s)) if s.code == 409 => {}
+                // Gone, or changed since this store wrote it: judge what it is now.
+                Ok(false) => {}
                 Err(e) => {
                     tracing::warn!(orip = %name, error = %e, "cannot delete overlapping-range reservation");
                     return;
@@ -943,18 +948,15 @@ impl KubeIpam {
             tracing::debug!(orip = %name, holder = %s.podref, "overlapping-range reservation held by another attachment; kept");
             return;
         }
-        let dp = DeleteParams {
-            preconditions: Some(Preconditions {
-                resource_version: existing.metadata.resource_version.clone(),
-                uid: existing.metadata.uid.clone(),
-            }),
-            ..DeleteParams::default()
+        let pre = Preconditions {
+            resource_version: existing.metadata.resource_version.clone(),
+            uid: existing.metadata.uid.clone(),
         };
-        match self.orips().delete(&name, &dp).await {
-            Ok(_) => {
+        match self.delete_reservation(&name, pre).await {
+            Ok(true) => {
                 tracing::debug!(orip = %name, holder = %s.podref, "overlapping-range reservation deleted")
             }
-            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
+            Ok(false) => {}
             Err(e) => tracing::warn!(orip = %name, error = %e, "cannot delete overlapping-range reservation"),
         }
     }
@@ -971,7 +973,10 @@ impl KubeIpam {
     }
 
     /// A quorum read of the overlapping-range reservation `name` (counted in [`Stats`]).
-    async fn read_orip(&self, name: &str) -> Result<Option<OverlappingRangeIPReservation>, kube::Error> {
+    pub(crate) async fn read_orip(
+        &self,
+        name: &str,
+    ) -> Result<Option<OverlappingRangeIPReservation>, kube::Error> {
         Stats::bump(&self.stats.orip_reads);
         self.orips().get_opt(name).await
     }
@@ -1098,7 +1103,10 @@ impl KubeIpam {
             tracing::info!(pool = %a.pool, ip = %a.ip, %owner, "released");
         }
         if freed.is_empty() {
-            tracing::debug!(%owner, "release: nothing held");
+            // A reservation claimed ahead of its pool entry by a node daemon that was killed
+            // before the entry landed may be all there is.
+            let deleted = self.release_claims_of(owner).await;
+            tracing::debug!(%owner, claims_deleted = deleted, "release: nothing held in the pools");
         }
         Ok(freed)
     }

@@ -194,14 +194,14 @@ impl Turns {
 
     /// The name of this node's turn Lease for `pool` (by an FNV-1a hash of the pool's name).
     pub fn lease_name(&self, pool: &str) -> String {
-        let mut name = format!("netattach-turn-{:016x}-{}", pool_hash(pool), self.node);
+        let mut name = format!("netattach-turn-{:016x}-{}", stable_hash(pool), self.node);
         name.truncate(253);
         name
     }
 
     /// The name of the writer Lease of `pool` ([`WRITER_ANNOTATION`]).
     pub fn writer_lease_name(pool: &str) -> String {
-        format!("netattach-writer-{:016x}", pool_hash(pool))
+        format!("netattach-writer-{:016x}", stable_hash(pool))
     }
 
     /// Where the writer Lease of `pool` stands for a write on pool version `base`, as the watch
@@ -439,10 +439,11 @@ impl Turns {
     }
 }
 
-/// FNV-1a of a pool name, for the names of its Leases: valid whatever the pool is called, and
-/// the same in every release of this program (std's hasher promises no such thing).
-fn pool_hash(pool: &str) -> u64 {
-    pool.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+/// FNV-1a of a name (a pool's, for the names of its Leases; an attachment's, for the label of
+/// its claims): valid in a name or label whatever it hashes, and the same in every release of
+/// this program (std's hasher promises no such thing).
+pub(crate) fn stable_hash(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
     })
 }

@@ -210,7 +210,11 @@ fn offset_of(ip: IpAddr) -> u128 {
 }
 
 /// The whole-burst assertions: every address distinct, in the range, and stored in the pool
-/// exactly for the attachment it was returned to; and the ORIP of each exists.
+/// exactly for the attachment it was returned to; and the ORIP of each exists. The daemons
+/// answer once an address's ORIP is created and write its pool entry just after (a daemon
+/// killed in between writes it when it is back, on its second repair pass, 15 s apart): the
+/// pool is judged once it holds every returned address for its attachment (or after two
+/// minutes, to fail).
 async fn assert_no_duplicates(view: &PoolView, results: &[(Owner, IpAddr)]) {
     let network = view.network.as_str();
     let distinct: BTreeSet<IpAddr> = results.iter().map(|(_, ip)| *ip).collect();
@@ -219,7 +223,19 @@ async fn assert_no_duplicates(view: &PoolView, results: &[(Owner, IpAddr)]) {
         results.len(),
         "duplicate addresses were handed out"
     );
-    let stored = pool_allocations(view).await;
+    let complete = |stored: &BTreeMap<u128, (String, String)>| {
+        results.iter().all(|(who, ip)| {
+            stored
+                .get(&offset_of(*ip))
+                .is_some_and(|(id, podref)| *id == who.container_id && who.podref.as_ref() == Some(podref))
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut stored = pool_allocations(view).await;
+    while !complete(&stored) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        stored = pool_allocations(view).await;
+    }
     assert_eq!(
         stored.len(),
         results.len(),

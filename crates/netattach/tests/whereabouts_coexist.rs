@@ -6,18 +6,24 @@
 //!
 //! * concurrently: 40 + 40 interleaved ADDs with 8 in flight, then every DEL from the side that
 //!   made it: no address twice among the results or in the pool, every result recorded in the
-//!   pool under its pod, and afterwards an empty pool and no reservations;
+//!   pool under its pod, and afterwards an empty pool and no reservations. Once with netattach
+//!   writing directly (pool first, as upstream), once through a node daemon, which claims an
+//!   address by its reservation first and writes the pool entry after (so the pool is judged
+//!   once every result is in it). A failed ADD is followed by the runtime's DEL before it is
+//!   retried, as kubelet does;
 //! * one after the other: a pool upstream wrote is read and extended by netattach and vice
 //!   versa, the lowest free address is what both hand out, neither hands out what the other
 //!   holds, ADD is idempotent per pod and interface across the two, and each side's DEL frees
-//!   the other's allocation and its reservation.
+//!   the other's allocation and its reservation;
+//! * CHECK through netattach's face accepts an address only a claim (the daemon's reservation,
+//!   ahead of its pool entry) holds for the attachment, and refuses it without the claim.
 //!
 //! Upstream's ADD needs a network namespace in `CNI_NETNS` that is not its own (the CNI skel
 //! checks it), so each test creates an empty one (`support::Ns`, deleted on drop); neither
 //! plugin touches it. Upstream also needs a whereabouts flat file: `configuration_path` points
 //! at one in a temp dir. Every pool has a `network_name` unique to the test, so tests never share
 //! a pool; the pool and any reservation left by a failure are deleted when the test ends.
-//! Addresses: 198.18.40.0/24 and 198.18.41.0/24.
+//! Addresses: 198.18.40.0/24 to 198.18.43.0/24.
 //!
 //! Run: `tools/test-k8s env CARGO_TARGET_DIR=target/ippool cargo test -p netattach --test
 //! whereabouts_coexist` (the tools must include the peers: `tools/build --only peers`).
@@ -33,9 +39,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kube::Api;
-use kube::api::{DeleteParams, ListParams};
+use kube::ResourceExt;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use netattach_ippool::claim::CLAIM_FINALIZER;
 use netattach_ippool::{IPPool, KubeIpam, OverlappingRangeIPReservation};
 use serde_json::{Value, json};
+use support::daemon::NodeDaemon;
 use support::{Ns, Output};
 
 /// The interface every attachment uses.
@@ -112,7 +121,15 @@ fn unique_network(prefix: &str) -> String {
 }
 
 impl World {
-    fn new(admin_kubeconfig: &Path, namespace: &str, range: &str, prefix: &str) -> World {
+    /// The world of one test; netattach's side goes through the node daemon listening on
+    /// `daemon_socket` when there is one.
+    fn new(
+        admin_kubeconfig: &Path,
+        namespace: &str,
+        range: &str,
+        prefix: &str,
+        daemon_socket: Option<&Path>,
+    ) -> World {
         support::assert_safe_address(range);
         let flat_dir = tempfile::Builder::new()
             .prefix("netattach-coexist-")
@@ -128,7 +145,7 @@ impl World {
         )
         .expect("write flat file");
         let network = unique_network(prefix);
-        let config = json!({
+        let mut config = json!({
             "cniVersion": "1.0.0",
             "name": "coexist",
             "type": "whereabouts",
@@ -140,6 +157,10 @@ impl World {
                 "kubernetes": {"kubeconfig": admin_kubeconfig.display().to_string()},
             },
         });
+        if let Some(socket) = daemon_socket {
+            // Upstream ignores keys it does not know.
+            config["ipam"]["daemon_socket"] = json!(socket.display().to_string());
+        }
         World {
             upstream: upstream_whereabouts(),
             netattach: support::bin_dir().join("whereabouts"),
@@ -159,6 +180,11 @@ impl World {
     /// Runs `command` for `att` with `side`'s executable, in this process's network namespace
     /// (where the loopback apiserver is); `CNI_NETNS` is the test's empty namespace.
     fn exec(&self, side: Side, command: &str, att: &Att) -> Output {
+        self.exec_with(side, command, att, &self.config)
+    }
+
+    /// [`World::exec`] with `config` on stdin instead of the world's.
+    fn exec_with(&self, side: Side, command: &str, att: &Att, config: &Value) -> Output {
         let exe = match side {
             Side::Upstream => &self.upstream,
             Side::Netattach => &self.netattach,
@@ -186,7 +212,7 @@ impl World {
         {
             use std::io::Write;
             let mut stdin = child.stdin.take().expect("stdin");
-            let _ = stdin.write_all(self.config.to_string().as_bytes());
+            let _ = stdin.write_all(config.to_string().as_bytes());
         }
         let out = child.wait_with_output().expect("wait for plugin");
         Output {
@@ -222,6 +248,8 @@ impl World {
                         att.pod,
                         tail(&out.stderr)
                     ));
+                    // The runtime's DEL after a failed ADD, then the retry.
+                    self.del(att.side, att);
                     std::thread::sleep(Duration::from_millis(200));
                 }
             }
@@ -263,6 +291,20 @@ async fn pool_allocations(w: &World, client: &kube::Client) -> BTreeMap<u128, (S
             (off, (a.id, a.podref, a.ifname))
         })
         .collect()
+}
+
+/// How many of the network's reservations are netattach claims (with its finalizer).
+async fn claims(w: &World, client: &kube::Client) -> usize {
+    let api: Api<OverlappingRangeIPReservation> = Api::namespaced(client.clone(), &w.namespace);
+    let prefix = format!("{}-", w.network);
+    api.list(&ListParams::default())
+        .await
+        .expect("list reservations")
+        .items
+        .iter()
+        .filter(|o| o.metadata.name.as_deref().is_some_and(|n| n.starts_with(&prefix)))
+        .filter(|o| o.finalizers().iter().any(|f| f == CLAIM_FINALIZER))
+        .count()
 }
 
 /// The network's reservations: address → podref.
@@ -321,6 +363,11 @@ impl Drop for Cleanup {
                 let prefix = format!("{}-", self.network);
                 for o in list.items {
                     if let Some(name) = o.metadata.name.filter(|n| n.starts_with(&prefix)) {
+                        // A claim's finalizer first (netattach's daemon sets one).
+                        let unfinalize = json!({"metadata": {"finalizers": null}});
+                        let _ = orips
+                            .patch(&name, &PatchParams::default(), &Patch::Merge(&unfinalize))
+                            .await;
                         let _ = orips.delete(&name, &DeleteParams::default()).await;
                     }
                 }
@@ -331,6 +378,16 @@ impl Drop for Cleanup {
 
 /// The world, its cleanup guard and an admin client, on a runtime of the caller's.
 fn setup(rt: &tokio::runtime::Runtime, range: &str, prefix: &str) -> (World, Cleanup, kube::Client) {
+    setup_with(rt, range, prefix, None)
+}
+
+/// [`setup`], with netattach's side through the daemon listening on `daemon_socket`.
+fn setup_with(
+    rt: &tokio::runtime::Runtime,
+    range: &str,
+    prefix: &str,
+    daemon_socket: Option<&Path>,
+) -> (World, Cleanup, kube::Client) {
     support::require_root();
     support::sweep_stale_namespaces();
     let cluster = rt.block_on(netattach_testenv::cluster());
@@ -341,7 +398,7 @@ fn setup(rt: &tokio::runtime::Runtime, range: &str, prefix: &str) -> (World, Cle
         .expect("admin kubeconfig")
         .namespace()
         .to_string();
-    let w = World::new(&admin_kc, &namespace, range, prefix);
+    let w = World::new(&admin_kc, &namespace, range, prefix, daemon_socket);
     let guard = Cleanup {
         kubeconfig: admin_kc,
         namespace,
@@ -391,10 +448,27 @@ fn in_parallel<T: Send + 'static>(
 
 #[test]
 fn concurrent_adds_from_upstream_and_netattach_never_duplicate_and_dels_empty_the_pool() {
-    const PER_SIDE: usize = 40;
-    const IN_FLIGHT: usize = 8;
     let rt = runtime();
     let (w, _cleanup, client) = setup(&rt, "198.18.40.0/24", "coexist");
+    concurrent_adds_and_dels(&rt, w, &client, false);
+}
+
+#[test]
+fn concurrent_adds_from_upstream_and_netattachs_daemon_claiming_first_never_duplicate() {
+    let rt = runtime();
+    let admin_kc = rt.block_on(netattach_testenv::cluster()).admin_kubeconfig();
+    let mut daemon = NodeDaemon::start("node-1", &admin_kc, Duration::from_secs(60));
+    daemon.wait_socket();
+    let (w, _cleanup, client) = setup_with(&rt, "198.18.42.0/24", "coexist-daemon", Some(&daemon.socket()));
+    concurrent_adds_and_dels(&rt, w, &client, true);
+}
+
+/// 40 + 40 interleaved ADDs (8 in flight), then every DEL from the side that made it.
+/// `claiming`: netattach's side goes through a daemon, whose reservations are claims once its
+/// watch has the pool (the first ones, before that, are pool-first).
+fn concurrent_adds_and_dels(rt: &tokio::runtime::Runtime, w: World, client: &kube::Client, claiming: bool) {
+    const PER_SIDE: usize = 40;
+    const IN_FLIGHT: usize = 8;
     let w = Arc::new(w);
 
     // Interleaved: upstream, netattach, upstream, ...
@@ -439,8 +513,16 @@ fn concurrent_adds_from_upstream_and_netattach_never_duplicate_and_dels_empty_th
     }
     assert_eq!(by_ip.len(), 2 * PER_SIDE);
 
-    // The pool holds exactly these, each under the pod that got it, once.
-    let pool = rt.block_on(pool_allocations(&w, &client));
+    // The pool holds exactly these, each under the pod that got it, once (a claim's entry
+    // follows its answer: judged once every address is in, or after a minute).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut pool = rt.block_on(pool_allocations(&w, client));
+    while by_ip.keys().any(|ip| !pool.contains_key(&offset_of(&w, *ip)))
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(100));
+        pool = rt.block_on(pool_allocations(&w, client));
+    }
     assert_eq!(pool.len(), 2 * PER_SIDE, "pool: {pool:?}");
     for (ip, att) in &by_ip {
         let (id, podref, ifname) = pool
@@ -454,7 +536,7 @@ fn concurrent_adds_from_upstream_and_netattach_never_duplicate_and_dels_empty_th
         assert_eq!(id, &att.container, "{ip}");
     }
     // Every address has its reservation, naming its holder.
-    let orips = rt.block_on(reservations(&w, &client));
+    let orips = rt.block_on(reservations(&w, client));
     for (ip, att) in &by_ip {
         assert_eq!(
             orips.get(&ip.to_string()),
@@ -463,14 +545,24 @@ fn concurrent_adds_from_upstream_and_netattach_never_duplicate_and_dels_empty_th
         );
     }
     assert_eq!(orips.len(), 2 * PER_SIDE, "{orips:?}");
+    let claims = rt.block_on(claims(&w, client));
+    if claiming {
+        // Those ADDed before the daemon's watch had the pool went pool-first.
+        assert!(
+            claims >= PER_SIDE / 2,
+            "only {claims} of {PER_SIDE} netattach reservations are claims"
+        );
+    } else {
+        assert_eq!(claims, 0, "pool-first netattach made claims");
+    }
 
     // Every DEL from the side that made the allocation, interleaved and concurrent.
     let atts: Vec<Att> = results.into_iter().map(|(a, _)| a).collect();
     let world = Arc::clone(&w);
     in_parallel(atts, IN_FLIGHT, move |att| world.del(att.side, att));
-    let pool = rt.block_on(pool_allocations(&w, &client));
+    let pool = rt.block_on(pool_allocations(&w, client));
     assert!(pool.is_empty(), "left in the pool: {pool:?}");
-    let orips = rt.block_on(reservations(&w, &client));
+    let orips = rt.block_on(reservations(&w, client));
     assert!(orips.is_empty(), "reservations left: {orips:?}");
 }
 
@@ -554,4 +646,59 @@ fn each_reads_extends_and_frees_what_the_other_wrote() {
     w.del(Side::Upstream, &u3_again);
     assert!(rt.block_on(pool_allocations(&w, &client)).is_empty());
     assert!(rt.block_on(reservations(&w, &client)).is_empty());
+}
+
+/// CNI CHECK through netattach's face accepts an address that only its reservation holds (a
+/// node daemon's claim whose pool entry is still on its way), and refuses it once no
+/// reservation names the attachment.
+#[test]
+fn check_accepts_an_address_its_claim_holds_before_its_pool_entry() {
+    use kube::api::PostParams;
+    use netattach_ippool::OverlappingRangeIPReservationSpec;
+    use netattach_ippool::crd::orip_name;
+
+    let rt = runtime();
+    let (w, _cleanup, client) = setup(&rt, "198.18.43.0/24", "coexist-check");
+    // A first allocation creates the pool, so CHECK reads one.
+    w.add(&Att::new(Side::Netattach, "other"));
+    let att = Att::new(Side::Netattach, "claimed");
+    let ip: IpAddr = "198.18.43.77".parse().expect("ip");
+    let name = orip_name(ip, Some(&w.network));
+    let mut claim = OverlappingRangeIPReservation::new(
+        &name,
+        OverlappingRangeIPReservationSpec {
+            containerid: att.container.clone(),
+            podref: att.podref(),
+            ifname: IFNAME.to_string(),
+        },
+    );
+    claim.metadata.finalizers = Some(vec![CLAIM_FINALIZER.to_string()]);
+    let orips: Api<OverlappingRangeIPReservation> = Api::namespaced(client.clone(), &w.namespace);
+    rt.block_on(orips.create(&PostParams::default(), &claim))
+        .expect("the claim, as the daemon creates it");
+    let mut conf = w.config.clone();
+    conf["prevResult"] = json!({"cniVersion": "1.0.0", "ips": [{"address": "198.18.43.77/24"}]});
+
+    let out = w.exec_with(Side::Netattach, "CHECK", &att, &conf);
+    assert!(
+        out.success(),
+        "CHECK of a claimed address: {:?}\n{}",
+        out.result(),
+        tail(&out.stderr)
+    );
+    assert!(
+        !rt.block_on(pool_allocations(&w, &client))
+            .contains_key(&offset_of(&w, ip)),
+        "the address is in no pool entry"
+    );
+
+    // Without the claim, the attachment holds nothing.
+    let unfinalize = json!({"metadata": {"finalizers": null}});
+    rt.block_on(orips.patch(&name, &PatchParams::default(), &Patch::Merge(&unfinalize)))
+        .expect("remove the finalizer");
+    rt.block_on(orips.delete(&name, &DeleteParams::default()))
+        .expect("delete the claim");
+    let out = w.exec_with(Side::Netattach, "CHECK", &att, &conf);
+    let err = out.result().expect_err("CHECK without the claim");
+    assert_eq!(err.code, netattach_cni::error::code::CHECK_FAILED, "{err:?}");
 }

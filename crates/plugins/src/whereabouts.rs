@@ -226,17 +226,43 @@ impl Plugin for Whereabouts {
         let store = open_store(&cfg)?;
         let who = owner(req);
         let held = store.check(&who).map_err(|e| from_ipam(&e))?;
-        if held.is_empty() {
+        let prev = req.conf.prev_result()?;
+        let missing: Vec<IpAddr> = prev
+            .iter()
+            .flat_map(|p| &p.ips)
+            .map(|ip| ip.address.addr())
+            .filter(|ip| cfg.ranges.iter().any(|r| r.contains(*ip)) && !held.iter().any(|a| a.ip == *ip))
+            .collect();
+        // The node daemon answers an ADD once the address's reservation is created and writes
+        // the pool entry just after: an address its reservation names for this attachment is
+        // held.
+        let mut claimed_ahead: Vec<IpAddr> = Vec::new();
+        if !missing.is_empty()
+            && cfg.enable_overlapping_ranges
+            && matches!(cfg.datastore, Datastore::Kubernetes)
+        {
+            let kube = KubeStore::open(&cfg).map_err(|e| from_ipam(&e))?;
+            for ip in &missing {
+                let named = kube.block_on(kube.ipam().reservation_names(
+                    *ip,
+                    cfg.network_name.as_deref(),
+                    &who,
+                ));
+                if named.map_err(|e| from_ipam(&e))? {
+                    claimed_ahead.push(*ip);
+                }
+            }
+        }
+        if held.is_empty() && claimed_ahead.is_empty() {
             return Err(CniError::new(
                 code::CHECK_FAILED,
                 "attachment holds no address",
                 format!("{who} holds no address"),
             ));
         }
-        if let Some(prev) = req.conf.prev_result()? {
+        if let Some(prev) = prev {
             for ip in &prev.ips {
-                let in_our_ranges = cfg.ranges.iter().any(|r| r.contains(ip.address.addr()));
-                if in_our_ranges && !held.iter().any(|a| a.ip == ip.address.addr()) {
+                if missing.contains(&ip.address.addr()) && !claimed_ahead.contains(&ip.address.addr()) {
                     return Err(CniError::new(
                         code::CHECK_FAILED,
                         "attachment lost its address",
