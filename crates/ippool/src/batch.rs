@@ -170,6 +170,9 @@ struct Claimed {
     /// Its entry was written; kept among the pending until the pool watch shows it, so that no
     /// check made on the watch in between misses it.
     landed: bool,
+    /// Found by [`BatchingIpam::repair_claims`] (left by an earlier run of the daemon), not
+    /// made by this one.
+    repaired: bool,
 }
 
 /// The claim-first state of an engine.
@@ -188,6 +191,14 @@ struct Claims {
     /// The claims the last [`BatchingIpam::repair_claims`] found without their entry, by
     /// reservation name, with the uid and resourceVersion it saw.
     unlanded: HashMap<String, (Option<String>, Option<String>)>,
+    /// The attachment labels of those claims.
+    unlanded_attachments: BTreeSet<String>,
+    /// Whether a repair pass has run: until then, any claim of an earlier run of this daemon
+    /// may be without its entry.
+    repaired: bool,
+    /// Attachments released lately, by attachment label: a repair pass that listed one of
+    /// their claims before the release deleted it does not write its entry back.
+    released: HashMap<String, tokio::time::Instant>,
 }
 
 /// What one job came to in one attempt of a batch.
@@ -317,6 +328,12 @@ impl BatchingIpam {
         // remove.
         let (answers, unlanded) = {
             let mut claims = self.lock_claims();
+            if self.claim_first {
+                claims.released.retain(|_, at| at.elapsed() < RELEASED_FOR);
+                claims
+                    .released
+                    .insert(crate::claim::attachment_label(owner), tokio::time::Instant::now());
+            }
             let mut unlanded: Vec<Claimed> = Vec::new();
             for pool in pools {
                 if let Some(pending) = claims.pending.get_mut(pool) {
@@ -370,9 +387,20 @@ impl BatchingIpam {
                     freed.push(c.outcome.alloc);
                 }
             }
-            // Nothing in the pools: a claim of a daemon killed before its entry landed may be
-            // all there is.
-            if freed.is_empty() {
+            // A claim left by an earlier run of this daemon, killed before its entry landed (or
+            // before its ADD was answered, and the runtime's retry got another address): it
+            // goes with its attachment, or the repair would write its entry back. Such claims
+            // are looked for (one list by the attachment's label) when nothing was in the
+            // pools, before the first repair pass, and when that pass found one of this
+            // attachment.
+            let stray_possible = {
+                let claims = self.lock_claims();
+                !claims.repaired
+                    || claims
+                        .unlanded_attachments
+                        .contains(&crate::claim::attachment_label(owner))
+            };
+            if freed.is_empty() || stray_possible {
                 self.ipam.release_claims_of(owner).await;
             }
         }
@@ -495,6 +523,7 @@ impl BatchingIpam {
                     network: req.network_name.clone(),
                     outcome: outcome.clone(),
                     landed: false,
+                    repaired: false,
                 };
                 let recorded = self.record(name, claim);
                 done_trying(&mut self.lock_claims());
@@ -533,6 +562,7 @@ impl BatchingIpam {
         let mut docs: HashMap<String, Option<PoolDoc>> = HashMap::new();
         let seen_before = std::mem::take(&mut self.lock_claims().unlanded);
         let mut seen_now: HashMap<String, (Option<String>, Option<String>)> = HashMap::new();
+        let mut attachments_now: BTreeSet<String> = BTreeSet::new();
         for orip in claims {
             if orip.metadata.deletion_timestamp.is_some() {
                 continue;
@@ -573,6 +603,9 @@ impl BatchingIpam {
             }
             let name = orip.name_any();
             let version = (orip.metadata.uid.clone(), orip.metadata.resource_version.clone());
+            if let Some(label) = orip.labels().get(crate::claim::ATTACHMENT_LABEL) {
+                attachments_now.insert(label.clone());
+            }
             if seen_before.get(&name) != Some(&version) {
                 seen_now.insert(name, version);
                 continue;
@@ -619,6 +652,7 @@ impl BatchingIpam {
                     orip_created: true,
                 },
                 landed: false,
+                repaired: true,
             };
             if self.record(&pool_name, claim) {
                 tracing::info!(pool = %pool_name, %ip, %owner, "writing the pool entry of a claim that never landed");
@@ -627,7 +661,10 @@ impl BatchingIpam {
                 self.delete_superseded(&orip).await;
             }
         }
-        self.lock_claims().unlanded = seen_now;
+        let mut state = self.lock_claims();
+        state.unlanded = seen_now;
+        state.unlanded_attachments = attachments_now;
+        state.repaired = true;
         queued
     }
 
@@ -648,10 +685,19 @@ impl BatchingIpam {
 
     /// Queue the pool entry of a claimed address, and keep queueing it until it lands or the
     /// attachment is released. `false` (nothing queued) when another claim of the same
-    /// attachment in this pool is pending: an attachment gets one address per range.
+    /// attachment in this pool is pending (an attachment gets one address per range), or when a
+    /// repaired claim's attachment was released lately.
     fn record(&self, name: &str, claim: Claimed) -> bool {
         let answer = {
             let mut claims = self.lock_claims();
+            if claim.repaired
+                && claims
+                    .released
+                    .get(&crate::claim::attachment_label(&claim.owner))
+                    .is_some_and(|at| at.elapsed() < RELEASED_FOR)
+            {
+                return false;
+            }
             let pending = claims.pending.entry(name.to_string()).or_default();
             let owner = &claim.owner;
             if pending.iter().any(|(o, c)| {
@@ -741,6 +787,10 @@ const CLAIM_TRIES: usize = 8;
 /// How long an offset whose reservation was found to exist is kept off claim-first candidates
 /// while the pool view does not show it.
 const TAKEN_FOR: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long a released attachment's claims are not written back by a repair pass (more than
+/// two passes of the daemon's: the release deleted them long before).
+const RELEASED_FOR: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The wait before queueing a claimed address's pool entry again, times the attempt (up to 60).
 const LANDING_RETRY: std::time::Duration = std::time::Duration::from_millis(500);

@@ -1102,10 +1102,11 @@ impl KubeIpam {
         for a in &freed {
             tracing::info!(pool = %a.pool, ip = %a.ip, %owner, "released");
         }
+        // Reservations claimed ahead of their pool entry by a node daemon that was killed
+        // before the entry landed (this path runs while no daemon listens) go with the
+        // attachment, or the daemon's repair would write their entries back.
+        let deleted = self.release_claims_of(owner).await;
         if freed.is_empty() {
-            // A reservation claimed ahead of its pool entry by a node daemon that was killed
-            // before the entry landed may be all there is.
-            let deleted = self.release_claims_of(owner).await;
             tracing::debug!(%owner, claims_deleted = deleted, "release: nothing held in the pools");
         }
         Ok(freed)

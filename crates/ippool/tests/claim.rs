@@ -410,3 +410,65 @@ async fn a_restarted_daemon_writes_the_entries_of_claims_that_never_landed() {
             .is_none()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_takes_the_stray_claims_of_its_attachment_with_it() {
+    let cluster = netattach_testenv::cluster().await;
+    let ns = cluster.namespace("claim-stray").await;
+    let (cidr, base) = ("198.18.115.0/24", "198.18.115.0");
+    let pool_name = format!("{NETWORK}-198.18.115.0-24");
+    let node4 = node(cluster.node_client("node-4"), ns.name(), "node-4");
+    node4.open();
+    seed_pool(cluster, ns.name(), &node4, cidr, &pool_name).await;
+    let pools = Api::<IPPool>::namespaced(cluster.admin_client(), ns.name());
+    let orips = Api::<OverlappingRangeIPReservation>::namespaced(cluster.admin_client(), ns.name());
+
+    // The ADD that made this claim went unanswered (the daemon was killed); the runtime's retry
+    // got another address, through this engine.
+    let stray: IpAddr = "198.18.115.70".parse().expect("ip");
+    orips
+        .create(
+            &PostParams::default(),
+            &left_claim(ns.name(), &pool_name, stray, &owner("pod"), "node-4"),
+        )
+        .await
+        .expect("a claim left behind");
+    let got = node4
+        .engine
+        .allocate(&request("pod", cidr))
+        .await
+        .expect("the retried ADD");
+    assert_ne!(got[0].ip, stray);
+
+    // Released before any repair pass: the stray claim goes too.
+    let freed = node4
+        .engine
+        .release(&owner("pod"), std::slice::from_ref(&pool_name))
+        .await
+        .expect("release");
+    assert_eq!(freed.iter().map(|a| a.ip).collect::<Vec<_>>(), vec![got[0].ip]);
+    let name = orip_name(stray, Some(NETWORK));
+    assert!(
+        orips.get_opt(&name).await.expect("read").is_none(),
+        "the stray claim {name} is left"
+    );
+    let listed = orips
+        .list(&kube::api::ListParams::default().labels(&format!("{NODE_LABEL}={}", node_label("node-4"))))
+        .await
+        .expect("list")
+        .items;
+    assert!(listed.is_empty(), "{} claims of node 4 left", listed.len());
+
+    // A repair pass that listed the claim before the release deleted it does not write it
+    // back: the attachment was released moments ago.
+    let listed_before = vec![left_claim(ns.name(), &pool_name, stray, &owner("pod"), "node-4")];
+    assert_eq!(node4.engine.repair_claims(listed_before.clone()).await, 0);
+    assert_eq!(node4.engine.repair_claims(listed_before).await, 0);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !entries(&pools, &pool_name)
+            .await
+            .contains_key(&offset(stray, base)),
+        "a released attachment's claim was written back"
+    );
+}
