@@ -81,6 +81,8 @@ pub struct IpamService {
     turns: Turns,
     /// Serialises drains (the periodic one and one triggered by a success).
     draining: tokio::sync::Mutex<()>,
+    /// Whether a repair pass has listed this node's claims ([`IpamService::repair_claims`]).
+    repaired: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for IpamService {
@@ -132,6 +134,7 @@ impl IpamService {
             pools,
             turns: Turns::new(leases, node),
             draining: tokio::sync::Mutex::new(()),
+            repaired: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -143,13 +146,19 @@ impl IpamService {
         engines
             .entry(namespace.to_string())
             .or_insert_with(|| {
-                BatchingIpam::new(
+                let engine = BatchingIpam::new(
                     KubeIpam::new(self.client.clone(), namespace)
                         .with_retry(ENGINE_RETRY)
                         .with_pool_view(self.pools.clone())
                         .with_turns(self.turns.clone()),
                 )
-                .claiming_first()
+                .claiming_first();
+                // A repair pass listed every claim of this node, and none in this namespace
+                // (it would have made this engine).
+                if self.repaired.load(Ordering::SeqCst) {
+                    engine.mark_claims_repaired();
+                }
+                engine
             })
             .clone()
     }
@@ -230,10 +239,21 @@ impl IpamService {
                 .or_default()
                 .push(orip);
         }
+        let known: Vec<String> = self
+            .engines
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .keys()
+            .cloned()
+            .collect();
+        for namespace in known {
+            by_namespace.entry(namespace).or_default();
+        }
         let mut queued = 0;
         for (namespace, claims) in by_namespace {
             queued += self.engine(&namespace).repair_claims(claims).await;
         }
+        self.repaired.store(true, Ordering::SeqCst);
         queued
     }
 

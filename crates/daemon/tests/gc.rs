@@ -309,6 +309,22 @@ impl World {
     }
 
     async fn seed_orip(&self, name: &str, podref: &str, ifname: &str) {
+        self.seed_reservation(name, podref, ifname, None).await;
+    }
+
+    /// A reservation as the node daemon's claim-first allocation creates it (with its
+    /// finalizer): deleting it takes removing that too.
+    async fn seed_claim(&self, name: &str, podref: &str, ifname: &str) {
+        self.seed_reservation(
+            name,
+            podref,
+            ifname,
+            Some(netattach_ippool::claim::CLAIM_FINALIZER),
+        )
+        .await;
+    }
+
+    async fn seed_reservation(&self, name: &str, podref: &str, ifname: &str, finalizer: Option<&str>) {
         let mut orip = OverlappingRangeIPReservation::new(
             name,
             OverlappingRangeIPReservationSpec {
@@ -318,6 +334,7 @@ impl World {
             },
         );
         orip.metadata.namespace = Some(self.ns.clone());
+        orip.metadata.finalizers = finalizer.map(|f| vec![f.to_string()]);
         self.orips()
             .create(&PostParams::default(), &orip)
             .await
@@ -654,10 +671,12 @@ async fn the_startup_reconcile_frees_what_was_deleted_while_no_daemon_ran() {
         ],
     )
     .await;
-    w.seed_orip("10.77.0.3", &p("was-here"), "net1").await;
+    w.seed_claim("10.77.0.3", &p("was-here"), "net1").await;
     // Overlapping-range reservations: those of pool allocations, and orphans (no allocation
     // accounts for them: a release that lost its reservation delete, as whereabouts leaves
-    // them) of pods that are gone, of a pod that exists, and without a podref.
+    // them; or a claim whose daemon died before its pool entry landed) of pods that are gone,
+    // of a pod that exists, and without a podref. Two carry a claim's finalizer: they must go
+    // entirely.
     w.seed_orip("10.77.0.2", &p("live-pending"), "net1").await;
     w.seed_pool(
         POOL_STORAGE,
@@ -666,7 +685,7 @@ async fn the_startup_reconcile_frees_what_was_deleted_while_no_daemon_ran() {
     )
     .await;
     w.seed_orip("storage-10.78.0.5", &p("live-pending"), "net2").await;
-    w.seed_orip("10.77.0.20", &p("never-existed"), "net1").await;
+    w.seed_claim("10.77.0.20", &p("never-existed"), "net1").await;
     w.seed_orip("10.78.0.5", &p("was-here"), "net1").await;
     w.seed_orip("storage-10.78.0.6", &p("never-existed"), "net2")
         .await;

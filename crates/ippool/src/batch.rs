@@ -239,6 +239,13 @@ impl BatchingIpam {
         self
     }
 
+    /// Say that this node has no claims of an earlier run without their entry here (a repair
+    /// pass over all of the node's claims found none in this namespace): releases stop looking
+    /// for stray claims unless they find nothing in the pools.
+    pub fn mark_claims_repaired(&self) {
+        self.lock_claims().repaired = true;
+    }
+
     fn lock_claims(&self) -> std::sync::MutexGuard<'_, Claims> {
         self.claims
             .lock()
