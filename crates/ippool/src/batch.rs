@@ -33,12 +33,16 @@
 //! another node for carrying, searching from a point of the range that is this node's own;
 //! creates that address's reservation ([`crate::claim`]; one that exists already means taken:
 //! the next candidate), and answers. The pool entry follows as a queued record, written with
-//! the next batch (carried, in turn, as any other). A record that cannot land (the offset is
-//! held in the pool by an attachment whose reservation create failed, as an upstream
-//! whereabouts ADD racing ours; the API server is away) is queued again until it lands or its
-//! attachment is released; the reservation keeps the address meanwhile. A release queues
+//! the next batch (carried, in turn, as any other). An entry found at the offset for another
+//! attachment was written pool-first by an ADD whose reservation create then failed (upstream
+//! whereabouts racing the claim, or an attempt that gave up): nobody uses the address through
+//! it, and the record replaces it. A record that cannot land (the API server is away; another
+//! node posted the offset) is queued again until it lands or its attachment is released; the
+//! reservation keeps the address meanwhile. A release queues
 //! behind the records of its attachment, and deletes the reservations of those that never
-//! landed. Requests that already hold an address in the pool (a re-ADD), static requests,
+//! landed. A daemon killed between a claim and its entry leaves the claim alone in the
+//! cluster: [`BatchingIpam::repair_claims`] writes such entries when the daemon is back, and
+//! a release looks for such claims of its attachment until that has run. Requests that already hold an address in the pool (a re-ADD), static requests,
 //! dual-stack requests, pools that do not exist yet, and pools without reservations
 //! (`enable_overlapping_ranges: false`, where upstream whereabouts would not see the claim)
 //! take the pool-first path above.
@@ -438,7 +442,20 @@ impl BatchingIpam {
         let Some(range) = req.ranges.first() else {
             return Ok(None);
         };
-        let Some(pool) = self.ipam.watched(name) else {
+        // The watched pool, parsed only when it changed since the last claim here (no copy
+        // of the pool either way).
+        let cached = self.lock_claims().views.get(name).and_then(|v| v.0.clone());
+        let Some(fresh) = self.ipam.inspect_watched(name, |p| {
+            let rv = &p.metadata.resource_version;
+            if rv.is_some() && *rv == cached {
+                return Ok(None);
+            }
+            doc_from_pool(self.ipam.namespace(), name, &p.spec).map(|doc| Some((rv.clone(), doc)))
+        }) else {
+            return Ok(None);
+        };
+        let Ok(mut fresh) = fresh else {
+            // The pool-first path reports what is wrong with the pool.
             return Ok(None);
         };
         // Other nodes' addresses on their way into the pool, as they posted them for carrying.
@@ -467,19 +484,22 @@ impl BatchingIpam {
                     trying,
                     ..
                 } = &mut *claims;
-                let view = views
-                    .entry(name.to_string())
-                    .or_insert((None, PoolDoc::new(range.cidr, None)));
-                if view.0 != pool.metadata.resource_version || view.0.is_none() {
-                    match doc_from_pool(self.ipam.namespace(), name, &pool.spec) {
-                        Ok(doc) => *view = (pool.metadata.resource_version.clone(), doc),
-                        // The pool-first path reports what is wrong with it.
-                        Err(_) => return Ok(None),
-                    }
+                if let Some(newer) = fresh.take() {
+                    views.insert(name.to_string(), newer);
                 }
-                let doc = &mut view.1;
+                let Some((_, doc)) = views.get_mut(name) else {
+                    return Ok(None);
+                };
                 let pending = pending.entry(name.to_string()).or_default();
-                pending.retain(|o, c| !(c.landed && doc.allocations.get(o) == Some(&c.outcome.reservation)));
+                // Landed ones the watch shows now (the pool keeps no allocation time: compare
+                // the holder).
+                pending.retain(|o, c| {
+                    let want = &c.outcome.reservation;
+                    !(c.landed
+                        && doc.allocations.get(o).is_some_and(|r| {
+                            r.id == want.id && r.podref == want.podref && r.ifname == want.ifname
+                        }))
+                });
                 let held = |r: &Reservation| req.owner.is_attachment_of(&r.id, &r.podref, &r.ifname);
                 if doc.allocations.values().any(held)
                     || pending.values().any(|c| held(&c.outcome.reservation))
@@ -1089,18 +1109,30 @@ fn compute(
                             dirty = true;
                             Outcome::Allocated(claim.outcome.clone())
                         }
-                        Some(r) if r.id == want.id && r.podref == want.podref && r.ifname == want.ifname => {
+                        Some(r) if claim.owner.is_attachment_of(&r.id, &r.podref, &r.ifname) => {
                             Outcome::Allocated(claim.outcome.clone())
                         }
-                        Some(r) => Outcome::Failed(IpamError::RequestedUnavailable {
-                            ip: claim.outcome.alloc.ip,
-                            pool: name.to_string(),
-                            holder: if r.ifname.starts_with('\0') {
-                                "an attachment on its way into the pool".to_string()
-                            } else {
-                                format!("pod {} interface {} (pool entry)", r.podref, r.ifname)
-                            },
-                        }),
+                        // Another node's pending add, posted for carrying: its reservation
+                        // create fails (the claim holds it) and it takes the address out again.
+                        Some(r) if r.ifname.starts_with('\0') => {
+                            Outcome::Failed(IpamError::RequestedUnavailable {
+                                ip: claim.outcome.alloc.ip,
+                                pool: name.to_string(),
+                                holder: "an attachment on its way into the pool".to_string(),
+                            })
+                        }
+                        // An entry whose holder does not hold the address's reservation (the
+                        // claim does): written pool-first by an ADD whose reservation create
+                        // then failed (upstream whereabouts racing the claim, or an attempt
+                        // that gave up), so nobody uses the address through it. The claim's
+                        // entry replaces it.
+                        Some(r) => {
+                            tracing::warn!(pool = name, ip = %claim.outcome.alloc.ip, stale = %r.podref,
+                                holder = %claim.owner, "a pool entry without the address's reservation is replaced by the claim's");
+                            doc.allocations.insert(offset, want.clone());
+                            dirty = true;
+                            Outcome::Allocated(claim.outcome.clone())
+                        }
                     },
                     None => Outcome::Failed(mismatch()),
                 }

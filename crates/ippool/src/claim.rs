@@ -211,8 +211,9 @@ impl KubeIpam {
         Ok(true)
     }
 
-    /// Delete the reservations created ahead of a pool entry that name `owner`, found by their
-    /// [`ATTACHMENT_LABEL`] (from the API server's cache): for a release that found no pool
+    /// Delete the reservations created ahead of a pool entry that `owner` releases (its
+    /// container and interface), found by their [`ATTACHMENT_LABEL`] (from the API server's
+    /// cache): for a release that found no pool
     /// entry, as when the daemon that claimed the address was killed before the entry landed.
     /// Returns how many were deleted. Best effort: a leftover reservation only keeps its
     /// address from being reused, and the garbage collector deletes it once its pod is gone.
@@ -227,10 +228,12 @@ impl KubeIpam {
                 return 0;
             }
         };
-        let podref = owner.podref.as_deref().unwrap_or("");
         let mut deleted = 0;
         for orip in listed {
-            if !names_attachment(&orip.spec, &owner.container_id, podref, &owner.ifname) {
+            // By container and interface, as a DEL releases: a pod recreated under the same
+            // name (the same label) has claims of its own, which this release must not take.
+            let s = &orip.spec;
+            if !owner.releases(&s.containerid, &s.podref, &s.ifname) {
                 continue;
             }
             let name = orip.name_any();

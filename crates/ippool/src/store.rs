@@ -567,6 +567,14 @@ impl KubeIpam {
         (rv > than).then(|| look(&p))
     }
 
+    /// `look` at the watch's copy of pool `name` without copying it (`None` without a view, or
+    /// when it does not hold one).
+    pub(crate) fn inspect_watched<T>(&self, name: &str, look: impl FnOnce(&IPPool) -> T) -> Option<T> {
+        let view = self.view.as_ref()?;
+        view.get(&ObjectRef::new(name).within(&self.namespace))
+            .map(|p| look(&p))
+    }
+
     /// The watch's copy of pool `name` (`None` without a view, or when it does not hold one).
     pub(crate) fn watched(&self, name: &str) -> Option<IPPool> {
         let view = self.view.as_ref()?;

@@ -2,8 +2,8 @@
 //! a real kube-apiserver: the answer comes once the address's `OverlappingRangeIPReservation`
 //! exists, before its pool entry; that reservation survives upstream whereabouts' unconditional
 //! delete (finalizer) and keeps the address from a pool-first writer meanwhile; the entry then
-//! lands, and a release removes both. A claim whose entry cannot land is released by deleting
-//! its reservation; a restarted daemon writes the entries of its node's claims that never
+//! lands, and a release removes both. A claim's entry replaces a pool entry whose holder does
+//! not hold the reservation (a racing upstream ADD that failed); a restarted daemon writes the entries of its node's claims that never
 //! landed, and deletes a claim its attachment no longer uses.
 //!
 //! The engine's pool writes are held in the store's write hook until the test says go, so what
@@ -232,9 +232,9 @@ async fn a_claim_answers_before_its_pool_entry_and_keeps_its_address_until_relea
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_claim_whose_entry_cannot_land_is_released_by_deleting_its_reservation() {
+async fn a_claims_entry_replaces_a_pool_entry_whose_holder_has_no_reservation() {
     let cluster = netattach_testenv::cluster().await;
-    let ns = cluster.namespace("claim-unlanded").await;
+    let ns = cluster.namespace("claim-replaces").await;
     let (cidr, base) = ("198.18.113.0/24", "198.18.113.0");
     let pool_name = format!("{NETWORK}-198.18.113.0-24");
     let node2 = node(cluster.node_client("node-2"), ns.name(), "node-2");
@@ -245,7 +245,8 @@ async fn a_claim_whose_entry_cannot_land_is_released_by_deleting_its_reservation
     let got = node2.engine.allocate(&request("a", cidr)).await.expect("claim");
     let ip = got[0].ip;
     // An upstream whereabouts ADD that read the reservation before ours existed writes the
-    // address into the pool for its pod (its own reservation create then fails).
+    // address into the pool for its pod; its own reservation create then fails, so its pod
+    // never uses the address.
     let mut pool = pools.get(&pool_name).await.expect("pool");
     pool.spec.allocations.insert(
         offset(ip, base).to_string(),
@@ -260,9 +261,12 @@ async fn a_claim_whose_entry_cannot_land_is_released_by_deleting_its_reservation
         .await
         .expect("the racing pool write");
     node2.open();
-    // The entry cannot land (the offset is held), so it is tried again; the release stops that
-    // and deletes the reservation. The racing entry is not ours to touch.
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    wait_for("the claim's entry in place of the racing one", || async {
+        (entries(&pools, &pool_name).await.get(&offset(ip, base)) == Some(&"claims/a".to_string()))
+            .then_some(())
+    })
+    .await;
+
     let freed = node2
         .engine
         .release(&owner("a"), std::slice::from_ref(&pool_name))
@@ -274,12 +278,7 @@ async fn a_claim_whose_entry_cannot_land_is_released_by_deleting_its_reservation
         orips.get_opt(&name).await.expect("read").is_none(),
         "{name} left after the release"
     );
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(
-        entries(&pools, &pool_name).await.get(&offset(ip, base)),
-        Some(&"claims/upstream".to_string()),
-        "the racing entry stays, and the released claim never lands after its release"
-    );
+    assert!(!entries(&pools, &pool_name).await.contains_key(&offset(ip, base)));
 }
 
 /// A claim as a daemon killed between the reservation and the pool entry leaves it.
