@@ -607,8 +607,10 @@ impl BatchingIpam {
                 .entry(pool_name.clone())
                 .or_insert_with(|| {
                     self.ipam
-                        .watched(&pool_name)
-                        .and_then(|p| doc_from_pool(self.ipam.namespace(), &pool_name, &p.spec).ok())
+                        .inspect_watched(&pool_name, |p| {
+                            doc_from_pool(self.ipam.namespace(), &pool_name, &p.spec).ok()
+                        })
+                        .flatten()
                 })
                 .as_ref()
             else {
@@ -832,14 +834,7 @@ fn pick(
     avoid: &BTreeSet<u128>,
     seed: u64,
 ) -> Option<RangeOutcome> {
-    let placeholders: Vec<u128> = avoid
-        .iter()
-        .copied()
-        .filter(|o| !doc.allocations.contains_key(o))
-        .collect();
-    for o in &placeholders {
-        doc.allocations.insert(*o, placeholder());
-    }
+    let placeholders = hold_off(doc, avoid);
     let mut docs = BTreeMap::from([(
         name.to_string(),
         std::mem::replace(doc, PoolDoc::new(doc.range, None)),
@@ -1028,6 +1023,20 @@ fn placeholder() -> Reservation {
     }
 }
 
+/// Put a [`placeholder`] at every offset of `avoid` that `doc` leaves free, so the allocator
+/// keeps off it; returns those offsets (to take the placeholders out again).
+fn hold_off(doc: &mut PoolDoc, avoid: &BTreeSet<u128>) -> Vec<u128> {
+    let placeholders: Vec<u128> = avoid
+        .iter()
+        .copied()
+        .filter(|o| !doc.allocations.contains_key(o))
+        .collect();
+    for o in &placeholders {
+        doc.allocations.insert(*o, placeholder());
+    }
+    placeholders
+}
+
 /// Where a batch looks for new addresses.
 #[derive(Debug, Default)]
 struct Search {
@@ -1065,16 +1074,8 @@ fn compute(
     held_before: &mut [Option<bool>],
     (published, freed_before): (&HashMap<u128, usize>, &HashMap<usize, Vec<Allocation>>),
 ) -> (Vec<Option<Outcome>>, PoolDoc, bool) {
-    let blocked = &search.avoid;
     let mut doc = doc;
-    let placeholders: Vec<u128> = blocked
-        .iter()
-        .copied()
-        .filter(|o| !doc.allocations.contains_key(o))
-        .collect();
-    for o in &placeholders {
-        doc.allocations.insert(*o, placeholder());
-    }
+    let placeholders = hold_off(&mut doc, &search.avoid);
     let mut docs = BTreeMap::from([(name.to_string(), doc)]);
     let now = unix_now();
     let mut dirty = false;

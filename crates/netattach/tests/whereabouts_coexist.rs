@@ -293,22 +293,12 @@ async fn pool_allocations(w: &World, client: &kube::Client) -> BTreeMap<u128, (S
         .collect()
 }
 
-/// How many of the network's reservations are netattach claims (with its finalizer).
-async fn claims(w: &World, client: &kube::Client) -> usize {
-    let api: Api<OverlappingRangeIPReservation> = Api::namespaced(client.clone(), &w.namespace);
-    let prefix = format!("{}-", w.network);
-    api.list(&ListParams::default())
-        .await
-        .expect("list reservations")
-        .items
-        .iter()
-        .filter(|o| o.metadata.name.as_deref().is_some_and(|n| n.starts_with(&prefix)))
-        .filter(|o| o.finalizers().iter().any(|f| f == CLAIM_FINALIZER))
-        .count()
-}
-
-/// The network's reservations: address → podref.
-async fn reservations(w: &World, client: &kube::Client) -> BTreeMap<String, String> {
+/// The network's reservations (those named `<network>-...`), by the part of the name after
+/// that prefix (the address).
+async fn network_reservations(
+    w: &World,
+    client: &kube::Client,
+) -> Vec<(String, OverlappingRangeIPReservation)> {
     let api: Api<OverlappingRangeIPReservation> = Api::namespaced(client.clone(), &w.namespace);
     let prefix = format!("{}-", w.network);
     api.list(&ListParams::default())
@@ -317,10 +307,27 @@ async fn reservations(w: &World, client: &kube::Client) -> BTreeMap<String, Stri
         .items
         .into_iter()
         .filter_map(|o| {
-            let name = o.metadata.name?;
-            let ip = name.strip_prefix(&prefix)?.to_string();
-            Some((ip, o.spec.podref))
+            let ip = o.metadata.name.as_deref()?.strip_prefix(&prefix)?.to_string();
+            Some((ip, o))
         })
+        .collect()
+}
+
+/// How many of the network's reservations are netattach claims (with its finalizer).
+async fn claims(w: &World, client: &kube::Client) -> usize {
+    network_reservations(w, client)
+        .await
+        .iter()
+        .filter(|(_, o)| o.finalizers().iter().any(|f| f == CLAIM_FINALIZER))
+        .count()
+}
+
+/// The network's reservations: address → podref.
+async fn reservations(w: &World, client: &kube::Client) -> BTreeMap<String, String> {
+    network_reservations(w, client)
+        .await
+        .into_iter()
+        .map(|(ip, o)| (ip, o.spec.podref))
         .collect()
 }
 
