@@ -20,7 +20,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference, Pod};
+use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
@@ -371,6 +371,29 @@ pub fn status_patch(
     Ok(serde_json::json!({ "metadata": meta }))
 }
 
+/// What `PublishStatus` asks the API server to answer with: the patched pod's metadata only
+/// (`PartialObjectMetadata`), not the whole pod. Nobody reads the answer beyond its status
+/// code, so the server need not encode the spec and status, nor the daemon decode them; an
+/// error still comes back as a JSON `Status`.
+pub const PUBLISH_ACCEPT: &str = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1";
+
+/// The `PATCH pods/<name>/status` request `PublishStatus` sends: a JSON merge patch, answered
+/// with [`PUBLISH_ACCEPT`].
+pub fn status_patch_request(
+    namespace: &str,
+    name: &str,
+    patch: &serde_json::Value,
+) -> Result<http::Request<Vec<u8>>, kube::core::request::Error> {
+    let pods = kube::core::Request::new(format!("/api/v1/namespaces/{namespace}/pods"));
+    let mut request =
+        pods.patch_subresource("status", name, &PatchParams::default(), &Patch::Merge(patch))?;
+    request.headers_mut().insert(
+        http::header::ACCEPT,
+        http::HeaderValue::from_static(PUBLISH_ACCEPT),
+    );
+    Ok(request)
+}
+
 async fn publish_status(
     state: &State,
     namespace: &str,
@@ -387,10 +410,16 @@ async fn publish_status(
             };
         }
     };
-    let api: Api<Pod> = Api::namespaced(state.client.clone(), namespace);
-    let params = PatchParams::default();
-    let patch = Patch::Merge(&patch);
-    let call = api.patch_status(name, &params, &patch);
+    let request = match status_patch_request(namespace, name, &patch) {
+        Ok(r) => r,
+        Err(e) => {
+            return Response::Error {
+                code: code::DECODING_FAILURE,
+                message: format!("building the network-status patch of pod {namespace}/{name}: {e}"),
+            };
+        }
+    };
+    let call = state.client.request_text(request);
     let result = tokio::time::timeout(state.publish_timeout, call).await;
     let message = match result {
         Ok(Ok(_)) => {
@@ -425,6 +454,22 @@ mod tests {
         );
         let p = status_patch(None, &status)?;
         assert!(p["metadata"].get("uid").is_none());
+        Ok(())
+    }
+
+    #[test]
+    fn the_publish_request_patches_the_status_and_asks_for_metadata_only()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let patch = serde_json::json!({"metadata": {"annotations": {"a": "b"}}});
+        let r = status_patch_request("ns1", "pod-1", &patch)?;
+        assert_eq!(r.method(), http::Method::PATCH);
+        assert_eq!(r.uri().path(), "/api/v1/namespaces/ns1/pods/pod-1/status");
+        assert_eq!(
+            r.headers()[http::header::CONTENT_TYPE],
+            "application/merge-patch+json"
+        );
+        assert_eq!(r.headers()[http::header::ACCEPT], PUBLISH_ACCEPT);
+        assert_eq!(serde_json::from_slice::<serde_json::Value>(r.body())?, patch);
         Ok(())
     }
 

@@ -648,27 +648,21 @@ impl Handle {
         )
     }
 
-    /// Rename a link and turn on its IPv4 `arp_notify` in the same `RTM_SETLINK` (the value
-    /// travels as `IFLA_AF_SPEC` / `AF_INET` / `IFLA_INET_CONF`): the same setting as writing
-    /// `net/ipv4/conf/<if>/arp_notify=1` (a gratuitous ARP when the link comes up and when an
-    /// address changes), without a thread entering the link's namespace to write `/proc/sys`.
-    /// Call while the link is down (the kernel refuses to rename a link that is up).
-    pub fn rename_with_arp_notify(&mut self, index: u32, new_name: &str) -> Result<()> {
-        validate_ifname(new_name)?;
+    /// Turn on a link's IPv4 `arp_notify` (`RTM_SETLINK` with `IFLA_AF_SPEC` / `AF_INET` /
+    /// `IFLA_INET_CONF`): the same setting as writing `net/ipv4/conf/<if>/arp_notify=1` (a
+    /// gratuitous ARP when the link comes up and when an address changes), without a thread
+    /// entering the link's namespace to write `/proc/sys`. The kernel refuses `IFLA_AF_SPEC` in
+    /// the request that creates a link (`EAFNOSUPPORT`), and applies it after `IFF_UP` in one
+    /// that also sets the link up, so this is a request of its own, made before the link is up.
+    pub fn set_arp_notify(&mut self, index: u32) -> Result<()> {
         let mut msg = Self::set_msg(index);
-        msg.attributes.push(LinkAttribute::IfName(new_name.to_string()));
         let mut conf = InetDevConf::default();
         conf.arp_notify = 1;
         msg.attributes
             .push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet(vec![
                 AfSpecInet::DevConfRequest(conf),
             ])]));
-        self.link_req(
-            msg,
-            NLM_F_ACK,
-            "rename link and set arp_notify",
-            &format!("index {index} to {new_name}"),
-        )
+        self.link_req(msg, NLM_F_ACK, "set arp_notify", &idx(index))
     }
 
     fn set_updown(&mut self, index: u32, up: bool) -> Result<()> {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::{TestNs, wait_until};
 use ipnet::IpNet;
-use netattach_netdev::{Family, MacAddr, MacvlanMode, MacvlanSpec, NetdevError, Route};
+use netattach_netdev::{Family, MacAddr, MacvlanMode, MacvlanSpec, NetdevError, Route, sysctl};
 
 /// A "host" namespace with a veth pair `m0`/`m0p` (the master candidates) and an empty "pod"
 /// namespace.
@@ -428,4 +428,23 @@ fn default_route_interface_prefers_v4_then_falls_back_to_v6() {
             .expect("default route link");
     assert_eq!(l.name, "d4");
     assert_eq!(l.index, i4);
+}
+
+#[test]
+fn set_arp_notify_turns_it_on_for_one_link_only() {
+    let (mut host, mut pod) = host_and_pod();
+    let master = host.index("m0");
+    for name in ["net1", "net2"] {
+        let mut spec = MacvlanSpec::new(name, master);
+        spec.target_netns = Some(&pod.ns);
+        host.h.create_macvlan(&spec).unwrap();
+    }
+    let net1 = pod.h.link_by_name("net1").unwrap().expect("link in pod ns");
+    let arp_notify = |name: &str| sysctl::get(&pod.ns, &format!("net/ipv4/conf/{name}/arp_notify")).unwrap();
+    assert_eq!(arp_notify("net1"), "0");
+    pod.h.set_arp_notify(net1.index).unwrap();
+    assert_eq!(arp_notify("net1"), "1");
+    assert_eq!(arp_notify("net2"), "0");
+    let e = pod.h.set_arp_notify(9999).expect_err("no such link");
+    assert!(e.is_not_found(), "{e}");
 }

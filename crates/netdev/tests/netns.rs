@@ -171,22 +171,3 @@ fn sysctl_enable_announcements_sets_arp_and_ndisc_notify_on_a_netns_link() {
     assert_eq!(sysctl::get(&t.ns, "net/ipv4/conf/brx/arp_notify").unwrap(), "1");
     assert_eq!(sysctl::get(&t.ns, "net/ipv6/conf/brx/ndisc_notify").unwrap(), "1");
 }
-
-#[test]
-fn rename_with_arp_notify_renames_and_sets_arp_notify_in_one_request() {
-    let mut t = TestNs::new();
-    t.h.create_bridge("brtmp").unwrap();
-    let link = t.h.link_by_name("brtmp").unwrap().expect("created");
-    assert_eq!(sysctl::get(&t.ns, "net/ipv4/conf/brtmp/arp_notify").unwrap(), "0");
-    t.h.rename_with_arp_notify(link.index, "brfinal").expect("rename");
-    let renamed = t.h.link_by_index(link.index).unwrap().expect("still there");
-    assert_eq!(renamed.name, "brfinal");
-    assert_eq!(
-        sysctl::get(&t.ns, "net/ipv4/conf/brfinal/arp_notify").unwrap(),
-        "1"
-    );
-    let e =
-        t.h.rename_with_arp_notify(link.index, "bad/name")
-            .expect_err("bad name");
-    assert!(e.is_invalid_argument(), "{e}");
-}

@@ -1,15 +1,13 @@
 //! The `macvlan` CNI plugin, config-compatible with the reference plugin.
 //!
-//! ADD creates the link directly in the pod's namespace under a temporary name, renames it
-//! (turning on `arp_notify` in the same netlink request when IPAM is configured), runs IPAM,
+//! ADD creates the link directly in the pod's namespace under its final name (no rename, which
+//! would wait for an RCU grace period), turns on `arp_notify` when IPAM is configured, runs IPAM,
 //! assigns addresses and routes, turns on `ndisc_notify` for IPv6 (the kernel then announces
 //! the addresses with a gratuitous ARP / unsolicited NA when the link comes up) and brings the
 //! link up. Any failure removes the link and releases the IPAM allocation:
 //! nothing is left behind. DEL releases IPAM first, then deletes the link, and succeeds when
 //! the namespace, the link or the master is already gone.
 
-use std::collections::hash_map::RandomState;
-use std::hash::{BuildHasher, Hasher};
 use std::net::IpAddr;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
@@ -227,10 +225,15 @@ fn resolve_master(h: &mut Handle, master: Option<&str>, where_: &str) -> Result<
     }
 }
 
-fn temp_name() -> String {
-    let mut h = RandomState::new().build_hasher();
-    h.write_u32(std::process::id());
-    format!("natmp{:08x}", h.finish() as u32)
+/// `CNI_IFNAME` is taken in the container (`what` says how).
+fn interface_exists(ifname: &str, what: &str) -> CniError {
+    CniError::new(
+        code::INTERFACE_EXISTS,
+        "interface already exists",
+        format!(
+            "CNI_IFNAME=`{ifname}` {what}; fix: pick another interface name, or DEL the previous attachment"
+        ),
+    )
 }
 
 impl Plugin for Macvlan {
@@ -268,20 +271,16 @@ impl Plugin for Macvlan {
             .map_err(|e| from_netdev("look up CNI_IFNAME", &e))?
             .is_some()
         {
-            return Err(CniError::new(
-                code::INTERFACE_EXISTS,
-                "interface already exists",
-                format!(
-                    "CNI_IFNAME=`{ifname}` already exists in {}; fix: pick another interface name, or DEL the previous attachment",
-                    target.path().display()
-                ),
+            return Err(interface_exists(
+                ifname,
+                &format!("already exists in {}", target.path().display()),
             ));
         }
 
-        // 1. Create under a temporary name straight into the pod's namespace.
-        let tmp = temp_name();
+        // 1. Create under its final name straight into the pod's namespace: no rename, which
+        //    would wait for an RCU grace period (`synchronize_net` under RTNL) per attachment.
         let spec = MacvlanSpec {
-            name: tmp.clone(),
+            name: ifname.to_string(),
             master_index: master.index,
             mode: conf.mode,
             mtu: conf.mtu,
@@ -297,20 +296,24 @@ impl Plugin for Macvlan {
             Some(h) => h,
             None => &mut ctr,
         };
-        creator
-            .create_macvlan(&spec)
-            .map_err(|e| from_netdev(&format!("create macvlan on master {}", master.name), &e))?;
-        let link = match ctr.link_by_name(&tmp) {
+        creator.create_macvlan(&spec).map_err(|e| {
+            if e.is_exists() {
+                interface_exists(ifname, "appeared in the container while attaching")
+            } else {
+                from_netdev(&format!("create macvlan on master {}", master.name), &e)
+            }
+        })?;
+        let link = match ctr.link_by_name(ifname) {
             Ok(Some(l)) => l,
             Ok(None) => {
                 return Err(CniError::new(
                     code::LINK_SETUP_FAILED,
                     "link setup failed",
-                    format!("macvlan {tmp} vanished right after creation"),
+                    format!("macvlan {ifname} vanished right after creation"),
                 ));
             }
             Err(e) => {
-                let _ = ctr.delete_link_by_name(&tmp);
+                let _ = ctr.delete_link_by_name(ifname);
                 return Err(from_netdev("look up the new macvlan", &e));
             }
         };
@@ -459,27 +462,13 @@ fn attach(
     ipam_type: Option<&str>,
 ) -> Result<CniResult, CniError> {
     let ifname = req.inv.ifname.as_str();
-    // Step 3 for IPv4 rides on the rename when IPAM will give addresses: with arp_notify the
-    // kernel sends a gratuitous ARP for them when the link comes up (an L2-only link has none
-    // to announce, and the reference plugin leaves it alone).
-    let renamed = if ipam_type.is_some() {
-        ctr.rename_with_arp_notify(link.index, ifname)
-    } else {
-        ctr.rename(link.index, ifname)
-    };
-    renamed.map_err(|e| {
-        if e.is_exists() {
-            CniError::new(
-                code::INTERFACE_EXISTS,
-                "interface already exists",
-                format!(
-                    "CNI_IFNAME=`{ifname}` appeared in the container while attaching; fix: pick another name"
-                ),
-            )
-        } else {
-            from_netdev(&format!("rename macvlan to {ifname}"), &e)
-        }
-    })?;
+    // Step 3 for IPv4, when IPAM will give addresses: with arp_notify the kernel sends a
+    // gratuitous ARP for them when the link comes up (an L2-only link has none to announce,
+    // and the reference plugin leaves it alone).
+    if ipam_type.is_some() {
+        ctr.set_arp_notify(link.index)
+            .map_err(|e| from_netdev(&format!("set arp_notify on {ifname}"), &e))?;
+    }
     let mut result = CniResult {
         interfaces: vec![Interface {
             name: ifname.to_string(),
