@@ -11,6 +11,8 @@
 //! one thread keeps RSS low), binds the socket and the metrics port, starts the reflectors,
 //! and serves until SIGTERM or SIGINT. Then it stops accepting, removes the readiness file and
 //! the socket, waits for in-flight requests (at most [`SHUTDOWN_GRACE`]) and returns `Ok`.
+//! Logs leave through [`logging`]'s queue, written out by a thread of its own, so a stalled
+//! reader of stderr never stalls the runtime thread.
 
 pub mod cache;
 pub mod client;
@@ -18,6 +20,7 @@ pub mod error;
 pub mod gc;
 pub mod ipam;
 pub mod lease;
+pub mod logging;
 pub mod metrics;
 pub mod nad;
 pub mod server;

@@ -14,7 +14,9 @@
 //! - `cache_synced`: 1 once both caches have listed;
 //! - `watch_errors_total{cache}`: failed watch or list calls (each is retried with backoff);
 //! - `api_unauthorized_total`: API answers 401 (the token was refused);
-//! - `token_reloads_total`: times a new token was read from the token file.
+//! - `token_reloads_total`: times a new token was read from the token file;
+//! - `log_lines_dropped_total`: log lines dropped because stderr's reader stalled
+//!   ([`crate::logging`]).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -244,6 +246,16 @@ impl Metrics {
             "{p}_token_reloads_total {}",
             self.token_reloads.load(Ordering::Relaxed)
         );
+        let _ = writeln!(
+            out,
+            "# HELP {p}_log_lines_dropped_total Log lines dropped because stderr's reader stalled."
+        );
+        let _ = writeln!(out, "# TYPE {p}_log_lines_dropped_total counter");
+        let _ = writeln!(
+            out,
+            "{p}_log_lines_dropped_total {}",
+            crate::logging::dropped_lines()
+        );
         out
     }
 }
@@ -349,6 +361,7 @@ mod tests {
             "netattach_daemon_cache_objects{cache=\"nads\"} 2",
             "netattach_daemon_cache_synced 1",
             "netattach_daemon_api_unauthorized_total 0",
+            "netattach_daemon_log_lines_dropped_total 0",
         ] {
             assert!(text.contains(needle), "missing `{needle}` in\n{text}");
         }

@@ -923,3 +923,92 @@ async fn memory_stays_small_idle_and_under_a_burst_of_200_requests() {
     // allows headroom and the numbers are reported.
     assert!(hwm < 64 * 1024, "VmHWM {hwm} kB");
 }
+
+/// A stderr nobody reads (a stalled log collector) never stalls the shims: the daemon keeps
+/// answering long after the pipe's 64 KiB are full, and counts the log lines it dropped.
+#[tokio::test]
+async fn a_stderr_nobody_reads_never_stalls_the_requests() {
+    let cluster = netattach_testenv::cluster().await;
+    let admin = cluster.admin_client();
+    ensure_nodes(&admin, &[NODE, OTHER_NODE]).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("run").join("daemon.sock");
+    let ready = dir.path().join("ready");
+    let flags: Vec<String> = [
+        "--node",
+        NODE,
+        "--kubeconfig",
+        &node_kubeconfig(cluster, NODE).display().to_string(),
+        "--socket",
+        &socket.display().to_string(),
+        "--ready-file",
+        &ready.display().to_string(),
+        "--metrics-addr",
+        "127.0.0.1:0",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let (mut process, unread_stderr) = DaemonProcess::spawn_with_unread_stderr(CHILD_ENV, flags, WAIT);
+    let deadline = Instant::now() + WAIT;
+    let metrics = loop {
+        let text = std::fs::read_to_string(&ready).unwrap_or_default();
+        if let Some(addr) = text.lines().find_map(|l| l.strip_prefix("metrics=")) {
+            break addr.to_string();
+        }
+        assert!(
+            process.exited().is_none(),
+            "the daemon exited before it was ready"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the daemon was not ready within {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+
+    // Each Resolve of an unknown pod logs a debug line of ~200 bytes: 4000 of them are ~12
+    // pipes' worth, and four times the queue. A daemon that wrote stderr directly would block
+    // on the full pipe within the first few hundred, and this read would time out.
+    let socket_for_clients = socket.clone();
+    let answered = tokio::task::spawn_blocking(move || {
+        for i in 0..4000 {
+            let mut s = UnixStream::connect(&socket_for_clients).expect("connect");
+            s.set_read_timeout(Some(WAIT)).expect("read timeout");
+            write_message(
+                &mut s,
+                &Request::Resolve {
+                    namespace: "stalled-log".into(),
+                    name: format!("no-such-pod-{i}"),
+                    uid: None,
+                    extra: vec![],
+                    multus_namespace: None,
+                },
+            )
+            .expect("write");
+            let r: Response = read_message(&mut s)
+                .unwrap_or_else(|e| panic!("request {i} got no answer within {WAIT:?}: {e}"));
+            assert!(matches!(r, Response::Resolved { pod: None, .. }), "{r:?}");
+        }
+        4000
+    })
+    .await
+    .expect("client thread");
+    assert_eq!(answered, 4000);
+
+    let mut s = std::net::TcpStream::connect(&metrics).expect("connect metrics");
+    write!(s, "GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n").expect("send");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("read");
+    let dropped: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("netattach_daemon_log_lines_dropped_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no dropped-lines metric in\n{text}"));
+    assert!(
+        dropped > 0.0,
+        "nothing was dropped, so the pipe was never full:\n{text}"
+    );
+    drop(unread_stderr);
+    process.kill();
+}

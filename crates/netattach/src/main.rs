@@ -207,8 +207,16 @@ fn main() -> ExitCode {
         netattach_plugins::logging::init();
         return exit(netattach_cni::skel::run(plugin.as_ref()));
     }
-    init_logging("info");
     let cli = Cli::parse();
+    // The daemon logs through a queue (a stalled stderr reader never stalls its requests);
+    // everything else writes stderr directly. The guard flushes the queue on return.
+    let _log_queue = match &cli.command {
+        Cmd::Daemon(_) => netattach_daemon::logging::init("info"),
+        _ => {
+            init_logging("info");
+            None
+        }
+    };
     match run(cli) {
         Ok(code) => code,
         Err(e) => {

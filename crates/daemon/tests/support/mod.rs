@@ -31,19 +31,19 @@ pub fn daemon_child_main(env: &str) {
             std::process::exit(2);
         }
     };
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("info,netattach_daemon=debug"))
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .try_init();
+    // The daemon's own logging (queued, lossy); the parent removed `NETATTACH_LOG` from this
+    // process's environment, so the filter is this one.
+    let log_queue = netattach_daemon::logging::init("info,netattach_daemon=debug");
     let cli = <Cli as clap::Parser>::parse_from(std::iter::once("netattach-daemon".to_string()).chain(flags));
-    match netattach_daemon::run(cli.args) {
-        Ok(()) => std::process::exit(0),
+    let status = match netattach_daemon::run(cli.args) {
+        Ok(()) => 0,
         Err(e) => {
-            eprintln!("netattach daemon: {e}");
-            std::process::exit(1);
+            tracing::error!("netattach daemon: {e}");
+            1
         }
-    }
+    };
+    drop(log_queue);
+    std::process::exit(status);
 }
 
 /// A daemon child process (this test binary in its `daemon_child_process` test), its flags and
@@ -77,15 +77,40 @@ impl DaemonProcess {
         p
     }
 
-    /// Starts the daemon again with the same flags and log (after it exited).
-    pub fn respawn(&mut self) {
-        self.starts_before = self.log_text().matches(STARTED_LINE).count();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("log file");
-        let child = Command::new(std::env::current_exe().expect("current exe"))
+    /// Starts the daemon with `flags` (passed in `env`), its stderr a pipe that nobody reads:
+    /// the read end is returned, to be kept open and left alone. The daemon has no log file
+    /// ([`DaemonProcess::log_text`] is empty).
+    #[allow(
+        dead_code,
+        reason = "used by tests/daemon.rs only; tests/gc.rs shares this module"
+    )]
+    pub fn spawn_with_unread_stderr(
+        env: &'static str,
+        flags: Vec<String>,
+        exit_wait: Duration,
+    ) -> (DaemonProcess, std::process::ChildStderr) {
+        let mut p = DaemonProcess {
+            child: None,
+            env,
+            flags,
+            log: PathBuf::from("/nonexistent/netattach-daemon-test.log"),
+            exit_wait,
+            starts_before: 0,
+        };
+        let mut child = p
+            .command()
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning the daemon");
+        let stderr = child.stderr.take().expect("piped stderr");
+        p.child = Some(child);
+        (p, stderr)
+    }
+
+    /// The daemon child's command, without its stderr.
+    fn command(&self) -> Command {
+        let mut command = Command::new(std::env::current_exe().expect("current exe"));
+        command
             .args([
                 "daemon_child_process",
                 "--exact",
@@ -95,11 +120,21 @@ impl DaemonProcess {
             ])
             .env(self.env, serde_json::to_string(&self.flags).expect("flags"))
             .env_remove("NODE_NAME")
+            .env_remove(netattach_plugins::logging::ENV_FILTER)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawning the daemon");
+            .stdout(Stdio::null());
+        command
+    }
+
+    /// Starts the daemon again with the same flags and log (after it exited).
+    pub fn respawn(&mut self) {
+        self.starts_before = self.log_text().matches(STARTED_LINE).count();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        let child = self.command().stderr(log).spawn().expect("spawning the daemon");
         self.child = Some(child);
     }
 
