@@ -197,26 +197,24 @@ impl Metrics {
                 let _ = writeln!(out, "{p}_errors_total{{code=\"{code}\"}} {n}");
             }
         }
-        let _ = writeln!(
-            out,
-            "# HELP {p}_in_flight_requests Socket connections being served."
-        );
-        let _ = writeln!(out, "# TYPE {p}_in_flight_requests gauge");
-        let _ = writeln!(
-            out,
-            "{p}_in_flight_requests {}",
-            self.in_flight.load(Ordering::Relaxed)
+        scalar(
+            &mut out,
+            "in_flight_requests",
+            "gauge",
+            "Socket connections being served.",
+            self.in_flight.load(Ordering::Relaxed),
         );
         let _ = writeln!(out, "# HELP {p}_cache_objects Objects in the watch caches.");
         let _ = writeln!(out, "# TYPE {p}_cache_objects gauge");
         let _ = writeln!(out, "{p}_cache_objects{{cache=\"pods\"}} {pods}");
         let _ = writeln!(out, "{p}_cache_objects{{cache=\"nads\"}} {nads}");
-        let _ = writeln!(
-            out,
-            "# HELP {p}_cache_synced 1 once both watch caches have synced."
+        scalar(
+            &mut out,
+            "cache_synced",
+            "gauge",
+            "1 once both watch caches have synced.",
+            u8::from(self.synced()),
         );
-        let _ = writeln!(out, "# TYPE {p}_cache_synced gauge");
-        let _ = writeln!(out, "{p}_cache_synced {}", u8::from(self.synced()));
         let _ = writeln!(
             out,
             "# HELP {p}_watch_errors_total Failed watch or list calls (retried with backoff)."
@@ -226,38 +224,36 @@ impl Metrics {
             let n = self.watch_errors[usize::from(kind == CacheKind::Nads)].load(Ordering::Relaxed);
             let _ = writeln!(out, "{p}_watch_errors_total{{cache=\"{}\"}} {n}", kind.label());
         }
-        let _ = writeln!(
-            out,
-            "# HELP {p}_api_unauthorized_total API answers 401 Unauthorized."
+        scalar(
+            &mut out,
+            "api_unauthorized_total",
+            "counter",
+            "API answers 401 Unauthorized.",
+            self.unauthorized.load(Ordering::Relaxed),
         );
-        let _ = writeln!(out, "# TYPE {p}_api_unauthorized_total counter");
-        let _ = writeln!(
-            out,
-            "{p}_api_unauthorized_total {}",
-            self.unauthorized.load(Ordering::Relaxed)
+        scalar(
+            &mut out,
+            "token_reloads_total",
+            "counter",
+            "New tokens read from the token file.",
+            self.token_reloads.load(Ordering::Relaxed),
         );
-        let _ = writeln!(
-            out,
-            "# HELP {p}_token_reloads_total New tokens read from the token file."
-        );
-        let _ = writeln!(out, "# TYPE {p}_token_reloads_total counter");
-        let _ = writeln!(
-            out,
-            "{p}_token_reloads_total {}",
-            self.token_reloads.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP {p}_log_lines_dropped_total Log lines dropped because stderr's reader stalled."
-        );
-        let _ = writeln!(out, "# TYPE {p}_log_lines_dropped_total counter");
-        let _ = writeln!(
-            out,
-            "{p}_log_lines_dropped_total {}",
-            crate::logging::dropped_lines()
+        scalar(
+            &mut out,
+            "log_lines_dropped_total",
+            "counter",
+            "Log lines dropped because stderr's reader stalled.",
+            crate::logging::dropped_lines(),
         );
         out
     }
+}
+
+/// One unlabelled series `netattach_daemon_<name>` with its `HELP` and `TYPE` lines.
+fn scalar(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+    let _ = writeln!(out, "# HELP netattach_daemon_{name} {help}");
+    let _ = writeln!(out, "# TYPE netattach_daemon_{name} {kind}");
+    let _ = writeln!(out, "netattach_daemon_{name} {value}");
 }
 
 /// Guard of one in-flight request.
