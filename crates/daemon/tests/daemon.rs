@@ -66,25 +66,53 @@ impl std::ops::DerefMut for Daemon {
     }
 }
 
+/// The flags of a daemon for `NODE` with `kubeconfig`, its socket and readiness file in `dir`
+/// (both returned too), its metrics on a loopback port it picks, and `extra`.
+fn daemon_flags(kubeconfig: &Path, dir: &Path, extra: &[&str]) -> (Vec<String>, PathBuf, PathBuf) {
+    let socket = dir.join("run").join("daemon.sock");
+    let ready = dir.join("ready");
+    let mut flags: Vec<String> = vec![
+        "--node".into(),
+        NODE.into(),
+        "--kubeconfig".into(),
+        kubeconfig.display().to_string(),
+        "--socket".into(),
+        socket.display().to_string(),
+        "--ready-file".into(),
+        ready.display().to_string(),
+        "--metrics-addr".into(),
+        "127.0.0.1:0".into(),
+    ];
+    flags.extend(extra.iter().map(|s| s.to_string()));
+    (flags, socket, ready)
+}
+
+/// `GET path` from a daemon's metrics address.
+fn http_get_at(addr: &str, path: &str) -> String {
+    let mut s = std::net::TcpStream::connect(addr).expect("connect metrics");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").expect("send");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read");
+    out
+}
+
+/// The value of the unlabelled series `name` in a `/metrics` text.
+fn metric_value(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(name)
+                .and_then(|r| r.strip_prefix(' '))
+                .map(str::to_string)
+        })
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("metric {name} not found in\n{text}"))
+}
+
 impl Daemon {
     /// Starts a daemon for `NODE` with `kubeconfig` and extra flags.
     fn start(kubeconfig: &Path, extra: &[&str]) -> Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
-        let socket = dir.path().join("run").join("daemon.sock");
-        let ready = dir.path().join("ready");
-        let mut flags: Vec<String> = vec![
-            "--node".into(),
-            NODE.into(),
-            "--kubeconfig".into(),
-            kubeconfig.display().to_string(),
-            "--socket".into(),
-            socket.display().to_string(),
-            "--ready-file".into(),
-            ready.display().to_string(),
-            "--metrics-addr".into(),
-            "127.0.0.1:0".into(),
-        ];
-        flags.extend(extra.iter().map(|s| s.to_string()));
+        let (flags, socket, ready) = daemon_flags(kubeconfig, dir.path(), extra);
         Daemon {
             process: DaemonProcess::spawn(CHILD_ENV, flags, &dir.path().join("daemon.log"), WAIT),
             dir,
@@ -122,23 +150,11 @@ impl Daemon {
     }
 
     fn http_get(&self, path: &str) -> String {
-        let mut s = std::net::TcpStream::connect(self.metrics_addr()).expect("connect metrics");
-        write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").expect("send");
-        let mut out = String::new();
-        s.read_to_string(&mut out).expect("read");
-        out
+        http_get_at(&self.metrics_addr(), path)
     }
 
     fn metric(&self, name: &str) -> f64 {
-        let text = self.http_get("/metrics");
-        text.lines()
-            .find_map(|l| {
-                l.strip_prefix(name)
-                    .and_then(|r| r.strip_prefix(' '))
-                    .map(str::to_string)
-            })
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("metric {name} not found in\n{text}"))
+        metric_value(&self.http_get("/metrics"), name)
     }
 
     fn status_field(&self, field: &str) -> u64 {
@@ -932,23 +948,7 @@ async fn a_stderr_nobody_reads_never_stalls_the_requests() {
     let admin = cluster.admin_client();
     ensure_nodes(&admin, &[NODE, OTHER_NODE]).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let socket = dir.path().join("run").join("daemon.sock");
-    let ready = dir.path().join("ready");
-    let flags: Vec<String> = [
-        "--node",
-        NODE,
-        "--kubeconfig",
-        &node_kubeconfig(cluster, NODE).display().to_string(),
-        "--socket",
-        &socket.display().to_string(),
-        "--ready-file",
-        &ready.display().to_string(),
-        "--metrics-addr",
-        "127.0.0.1:0",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let (flags, socket, ready) = daemon_flags(&node_kubeconfig(cluster, NODE), dir.path(), &[]);
     let (mut process, unread_stderr) = DaemonProcess::spawn_with_unread_stderr(CHILD_ENV, flags, WAIT);
     let deadline = Instant::now() + WAIT;
     let metrics = loop {
@@ -996,15 +996,8 @@ async fn a_stderr_nobody_reads_never_stalls_the_requests() {
     .expect("client thread");
     assert_eq!(answered, 4000);
 
-    let mut s = std::net::TcpStream::connect(&metrics).expect("connect metrics");
-    write!(s, "GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n").expect("send");
-    let mut text = String::new();
-    s.read_to_string(&mut text).expect("read");
-    let dropped: f64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("netattach_daemon_log_lines_dropped_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no dropped-lines metric in\n{text}"));
+    let text = http_get_at(&metrics, "/metrics");
+    let dropped = metric_value(&text, "netattach_daemon_log_lines_dropped_total");
     assert!(
         dropped > 0.0,
         "nothing was dropped, so the pipe was never full:\n{text}"
